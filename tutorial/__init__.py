@@ -1,0 +1,1 @@
+"""The tutorial's steps live in the numbered folders beside this file; runner.py runs them."""
