@@ -1,0 +1,126 @@
+"""Helpers the tests share: a real Prefect server, the steps' scripts as real processes,
+and the task runs read back from the Prefect API."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tutorial.runner import ROOT, Process, server_is_up, wait_until_subscribed
+
+STEPS_DIR = ROOT / "tutorial"
+SERVER_START_TIMEOUT = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without the caller's own Prefect settings, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(settings)
+    return env
+
+
+def step_dir(number: int) -> Path:
+    (path,) = STEPS_DIR.glob(f"{number:02d}_*")
+    return path
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    home: Path
+    process: Process
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    @contextmanager
+    def start(cls, home: Path) -> Iterator[PrefectServer]:
+        port = free_port()
+        api_url = f"http://127.0.0.1:{port}/api"
+        env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home))
+        argv = [sys.executable, "-m", "prefect", "server", "start"]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--no-ui"]
+        log_file = home / "server.log"
+        process = Process("server", argv, env=env, log_file=log_file)
+        try:
+            deadline = time.monotonic() + SERVER_START_TIMEOUT
+            while not server_is_up(api_url):
+                if not process.running() or time.monotonic() > deadline:
+                    raise RuntimeError(f"Prefect server did not start:\n{log_file.read_text()}")
+                time.sleep(0.25)
+            yield cls(api_url, home, process, env)
+        finally:
+            process.stop()
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def task_run(self, task_run_id: str) -> dict[str, Any]:
+        return self.api("GET", f"/task_runs/{task_run_id}")
+
+    def state_names(self, task_run_id: str) -> list[str]:
+        """The run's state history, oldest first, as the UI shows it."""
+        states = self.api("GET", "/task_run_states/", params={"task_run_id": task_run_id})
+        return [s["name"] for s in sorted(states, key=lambda s: s["timestamp"])]
+
+    def result(self, task_run_id: str) -> Any:
+        """Load a finished run's result the way a Prefect client does."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+        settings = {PREFECT_API_URL: self.api_url, PREFECT_HOME: self.home}
+        with temporary_settings(settings), get_client(sync_client=True) as client:
+            state = client.read_task_run(task_run_id).state
+            return state.result(raise_on_failure=False)
+
+    def wait_for_final_state(self, task_run_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.task_run(task_run_id)
+            if run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task run {task_run_id} still {run['state']['name']}")
+            time.sleep(0.2)
+
+    def spawn(self, script: Path, **env: str) -> Process:
+        """Start a step's script against this server, from the repo root, as a user would."""
+        return Process(
+            script.stem, [sys.executable, str(script)], env={**self.env, **env}, echo=False
+        )
+
+    def start_task_server(self, script: Path, **env: str) -> Process:
+        """Start a step's task server and return once the API lists it as subscribed."""
+        process = self.spawn(script, **env)
+        try:
+            wait_until_subscribed(self.api_url, process)
+        except BaseException:
+            process.stop()
+            raise
+        return process
+
+    def run_script(self, script: Path, timeout: float = 120, **env: str) -> Process:
+        """Run a step's script to the end; its output is in `.output`, its exit code in `.code`."""
+        process = self.spawn(script, **env)
+        try:
+            process.wait(timeout=timeout)
+        except BaseException:
+            process.stop()
+            raise
+        return process
