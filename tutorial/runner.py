@@ -100,6 +100,21 @@ def resolve_step(arg: str, steps: list[Step]) -> Step:
 _COLORS = ["36", "33", "35", "32", "34", "31"]
 _use_color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 _print_lock = threading.Lock()
+# Set by SIGINT, SIGTERM or SIGHUP. Raising from a signal handler can land inside library
+# code (logging, subprocess) and be swallowed, so the handler only sets this flag and the
+# runner's waits check it.
+_stop_requested = threading.Event()
+
+
+def check_interrupted() -> None:
+    if _stop_requested.is_set():
+        raise Interrupted()
+
+
+def pause(seconds: float) -> None:
+    """Sleep between polls, waking early (and raising Interrupted) on Ctrl+C."""
+    if _stop_requested.wait(seconds):
+        raise Interrupted()
 
 
 def say(message: str = "") -> None:
@@ -214,7 +229,13 @@ class Process:
     def running(self) -> bool:
         return self.popen.poll() is None
 
-    def wait(self, timeout: float | None) -> int:
+    def wait(self, timeout: float | None, interruptible: bool = False) -> int:
+        """Wait for the exit code; with `interruptible`, Ctrl+C ends the wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while interruptible and self.running():
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.popen.args, timeout)
+            pause(0.2)
         code = self.popen.wait(timeout=timeout)
         if self._reader:
             self._reader.join(timeout=5)
@@ -342,7 +363,7 @@ def _wait_until_up(server: Server, started: float, log_file: Path) -> None:
         elif time.monotonic() - last_report >= 5:
             say(f"  waiting for it to answer ... {elapsed:.0f} s")
             last_report = time.monotonic()
-        time.sleep(0.5)
+        pause(0.5)
     if interactive:
         say()
 
@@ -378,7 +399,7 @@ def wait_until_subscribed(api_url: str, task_server: Process) -> None:
         response.raise_for_status()
         if any(w["identifier"] == identifier for w in response.json()):
             return
-        time.sleep(0.2)
+        pause(0.2)
     raise TutorialError(f"{task_server.label} did not subscribe within {SUBSCRIBE_TIMEOUT:.0f} s")
 
 
@@ -399,7 +420,7 @@ def run_step(step: Step, server: Server) -> None:
         say(f"Task server{'s' if len(task_servers) > 1 else ''} subscribed; running submit.py")
         submit = Process("submit", [sys.executable, str(step.path / "submit.py")])
         try:
-            code = submit.wait(timeout=SUBMIT_TIMEOUT)
+            code = submit.wait(timeout=SUBMIT_TIMEOUT, interruptible=True)
         except subprocess.TimeoutExpired:
             raise TutorialError(f"submit.py did not finish within {SUBMIT_TIMEOUT:.0f} s") from None
         finally:
@@ -425,6 +446,7 @@ def cmd_run(steps: list[Step]) -> None:
     server = ensure_server()
     try:
         for step in steps:
+            check_interrupted()
             run_step(step, server)
     finally:
         if server.process:
@@ -453,7 +475,7 @@ def cmd_server(step: Step) -> None:
     say()
     say("The server runs until you press Ctrl+C.")
     try:
-        code = server.process.wait(timeout=None)
+        code = server.process.wait(timeout=None, interruptible=True)
         raise TutorialError(
             f"the Prefect server exited with code {code}; the end of its log:\n"
             + _tail(server.log_file)
@@ -478,10 +500,7 @@ def cmd_reset() -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    # Once is enough: a second Ctrl+C must not cut the clean-up short.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
+    _stop_requested.set()
 
 
 def main(argv: list[str] | None = None) -> int:
