@@ -17,28 +17,31 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 
 
 @pytest.fixture
-def spawn(prefect_server: PrefectServer) -> Iterator[Callable[..., Process]]:
-    """Start a step's script in the background; what still runs is stopped after the test."""
-    started: list[Process] = []
+def started() -> Iterator[list[Process]]:
+    """Every process a test starts goes here, to be stopped after the test, failed or not."""
+    processes: list[Process] = []
+    yield processes
+    for process in processes:
+        process.stop()
+
+
+@pytest.fixture
+def spawn(prefect_server: PrefectServer, started: list[Process]) -> Callable[..., Process]:
+    """Start a step's script in the background."""
 
     def start(script: Path, **env: str) -> Process:
         started.append(process := prefect_server.spawn(script, **env))
         return process
 
-    yield start
-    for process in started:
-        process.stop()
+    return start
 
 
 @pytest.fixture
-def task_server(prefect_server: PrefectServer) -> Iterator[Callable[..., Process]]:
-    """Start a step's task server and wait until it has subscribed; stop all after the test."""
-    started: list[Process] = []
+def task_server(prefect_server: PrefectServer, started: list[Process]) -> Callable[..., Process]:
+    """Start a step's task server and wait until it has subscribed."""
 
     def start(script: Path, **env: str) -> Process:
         started.append(process := prefect_server.start_task_server(script, **env))
         return process
 
-    yield start
-    for process in started:
-        process.stop()
+    return start
