@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from harness import PrefectServer
 
-from tutorial.runner import Process
+from tutorial.runner import Process, wait_until_subscribed
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +37,14 @@ def spawn(prefect_server: PrefectServer, started: list[Process]) -> Callable[...
 
 
 @pytest.fixture
-def task_server(prefect_server: PrefectServer, started: list[Process]) -> Callable[..., Process]:
-    """Start a step's task server and wait until it has subscribed."""
+def task_server(
+    prefect_server: PrefectServer, spawn: Callable[..., Process]
+) -> Callable[..., Process]:
+    """Start a step's task server and wait until the API lists it as subscribed."""
 
     def start(script: Path, **env: str) -> Process:
-        started.append(process := prefect_server.start_task_server(script, **env))
+        process = spawn(script, **env)
+        wait_until_subscribed(prefect_server.api_url, process)
         return process
 
     return start

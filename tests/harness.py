@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tutorial.runner import ROOT, Process, server_is_up, wait_until_subscribed
+from tutorial.runner import ROOT, Process, server_is_up
 
 STEPS_DIR = ROOT / "tutorial"
 SERVER_START_TIMEOUT = 180.0
@@ -89,31 +89,11 @@ class PrefectServer:
             state = client.read_task_run(task_run_id).state
             return state.result(raise_on_failure=False)
 
-    def wait_for_final_state(self, task_run_id: str, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.task_run(task_run_id)
-            if run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-                return run
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"task run {task_run_id} still {run['state']['name']}")
-            time.sleep(0.2)
-
     def spawn(self, script: Path, **env: str) -> Process:
         """Start a step's script against this server, from the repo root, as a user would."""
         return Process(
             script.stem, [sys.executable, str(script)], env={**self.env, **env}, echo=False
         )
-
-    def start_task_server(self, script: Path, **env: str) -> Process:
-        """Start a step's task server and return once the API lists it as subscribed."""
-        process = self.spawn(script, **env)
-        try:
-            wait_until_subscribed(self.api_url, process)
-        except BaseException:
-            process.stop()
-            raise
-        return process
 
     def run_script(self, script: Path, timeout: float = 120, **env: str) -> Process:
         """Run a step's script to the end; its output is in `.output`, its exit code in `.code`."""
