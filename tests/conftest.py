@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from harness import PrefectServer
 
-from tutorial.runner import Process, wait_until_subscribed
+from tutorial.runner import Process, wait_until_answering, wait_until_subscribed
 
 
 @pytest.fixture(scope="session")
@@ -46,5 +46,21 @@ def task_server(
         process = spawn(script, **env)
         wait_until_subscribed(prefect_server.api_url, process)
         return process
+
+    return start
+
+
+@pytest.fixture
+def api_server(
+    prefect_server: PrefectServer, started: list[Process]
+) -> Callable[..., tuple[Process, str]]:
+    """Serve a step's api.py with uvicorn on a free port and wait until /health answers.
+    Returns the process and the app's base URL, for example http://127.0.0.1:41234."""
+
+    def start(step: Path, port: int | None = None, **env: str) -> tuple[Process, str]:
+        process, url = prefect_server.spawn_api(step, port, **env)
+        started.append(process)
+        wait_until_answering(f"{url}/health", process)
+        return process, url
 
     return start

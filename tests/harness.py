@@ -4,7 +4,6 @@ and the task runs read back from the Prefect API."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -15,16 +14,10 @@ from typing import Any
 
 import httpx
 
-from tutorial.runner import ROOT, Process, server_is_up
+from tutorial.runner import ROOT, Process, Step, free_port, server_is_up, uvicorn_argv
 
 STEPS_DIR = ROOT / "tutorial"
 SERVER_START_TIMEOUT = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -94,6 +87,15 @@ class PrefectServer:
         return Process(
             script.stem, [sys.executable, str(script)], env={**self.env, **env}, echo=False
         )
+
+    def spawn_api(self, step: Path, port: int | None = None, **env: str) -> tuple[Process, str]:
+        """Serve a step's api.py with uvicorn (on a free port unless given one); returns the
+        process and the app's base URL."""
+        port = port or free_port()
+        process = Process(
+            "api", uvicorn_argv(Step(step), port), env={**self.env, **env}, echo=False
+        )
+        return process, f"http://127.0.0.1:{port}"
 
     def run_script(self, script: Path, timeout: float = 120, **env: str) -> Process:
         """Run a step's script to the end; its output is in `.output`, its exit code in `.code`."""

@@ -63,7 +63,8 @@ def test_runs_step_01_on_a_throwaway_server_and_leaves_nothing_running(tmp_path)
     out = runner.output
     assert f"Starting a local Prefect server at http://127.0.0.1:{port}" in out
     assert "=== Step 01: " in out
-    assert "Task server subscribed; running submit.py" in out
+    assert "Task server subscribed" in out.splitlines()
+    assert "Running submit.py" in out.splitlines()
     assert re.search(r"^\[task_server\] .*Received task run: ", out, re.M)
     assert "[submit] background: welcome email sent to grace@example.com" in out.splitlines()
     assert f"Step 01 done. Its runs in the UI: http://127.0.0.1:{port}/runs" in out
@@ -74,11 +75,16 @@ def test_runs_step_01_on_a_throwaway_server_and_leaves_nothing_running(tmp_path)
     assert processes_using(tmp_path) == []
 
 
-def test_uses_a_server_that_is_already_running(prefect_server):
-    runner = tutorial("1", env=prefect_server.env)
-    assert runner.wait(timeout=300) == 0, runner.output
+@pytest.mark.parametrize("step", find_steps(), ids=lambda s: s.name)
+def test_runs_each_step_on_a_server_that_is_already_running(prefect_server, step):
+    runner = tutorial(str(step.number), env=prefect_server.env)
+    try:
+        assert runner.wait(timeout=600) == 0, runner.output
+    finally:
+        runner.stop()
     assert f"Using the Prefect server already running at {prefect_server.api_url}" in runner.output
     assert "Starting a local Prefect server" not in runner.output
+    assert f"Step {step.number:02d} done." in runner.output
     assert prefect_server.process.running()
 
 

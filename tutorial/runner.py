@@ -6,7 +6,8 @@
     tutorial list         list the steps
     tutorial reset        delete the tutorial's local Prefect home (database, results)
 
-Each step folder holds a task_server.py and a submit.py. The runner uses the Prefect
+Each step folder holds a task_server.py and a submit.py, and the web steps an api.py (a
+FastAPI app, served with uvicorn; submit.py finds it through API_URL). The runner uses the Prefect
 server that PREFECT_API_URL points at (the repo's pyproject.toml sets a local one) or,
 if nothing answers there, starts a throwaway one whose home stays inside the repo.
 """
@@ -37,6 +38,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SERVER_START_TIMEOUT = 180.0
 SUBSCRIBE_TIMEOUT = 60.0
 SUBMIT_TIMEOUT = 600.0
+API_START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 
 
@@ -77,6 +79,20 @@ class Step:
     def task_servers(self) -> list[Path]:
         """task_server.py, or task_server_*.py when a step runs several different ones."""
         return sorted(self.path.glob("task_server*.py"))
+
+    @property
+    def api(self) -> Path | None:
+        """api.py: the step's FastAPI app, when it has one."""
+        api = self.path / "api.py"
+        return api if api.exists() else None
+
+
+def uvicorn_argv(step: Step, port: int) -> list[str]:
+    """Serve the step's `app` from api.py, as `uvicorn --app-dir <step> api:app` does."""
+    return [
+        *(sys.executable, "-m", "uvicorn", "api:app", "--app-dir", str(step.path)),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
 
 
 def find_steps() -> list[Step]:
@@ -285,6 +301,12 @@ def server_is_up(api_url: str) -> bool:
         return False
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -403,6 +425,23 @@ def wait_until_subscribed(api_url: str, task_server: Process) -> None:
     raise TutorialError(f"{task_server.label} did not subscribe within {SUBSCRIBE_TIMEOUT:.0f} s")
 
 
+def wait_until_answering(url: str, process: Process, timeout: float = API_START_TIMEOUT) -> None:
+    """Wait until `url` answers 200, failing early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.running():
+            raise TutorialError(
+                f"{process.label} exited with code {process.code} before {url} answered"
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        pause(0.2)
+    raise TutorialError(f"{process.label}: {url} did not answer within {timeout:.0f} s")
+
+
 def run_step(step: Step, server: Server) -> None:
     say()
     say(f"=== Step {step.number:02d}: {step.title} ===")
@@ -410,15 +449,27 @@ def run_step(step: Step, server: Server) -> None:
     if not step.task_servers or not (step.path / "submit.py").exists():
         raise TutorialError(f"{step.name} has no task_server.py or submit.py")
     task_servers: list[Process] = []
+    services: list[Process] = []
+    env = dict(os.environ)
+    if step.api:
+        # Every process of the step learns where the app will listen (tasks may call it).
+        port = free_port()
+        env["API_URL"] = f"http://127.0.0.1:{port}"
     try:
         for script in step.task_servers:
-            task_server = Process(script.stem, [sys.executable, str(script)])
+            task_server = Process(script.stem, [sys.executable, str(script)], env=env)
             task_servers.append(task_server)
             say(f"Started {_show(script)} (pid {task_server.pid})")
         for task_server in task_servers:
             wait_until_subscribed(server.api_url, task_server)
-        say(f"Task server{'s' if len(task_servers) > 1 else ''} subscribed; running submit.py")
-        submit = Process("submit", [sys.executable, str(step.path / "submit.py")])
+        say(f"Task server{'s' if len(task_servers) > 1 else ''} subscribed")
+        if step.api:
+            api = Process("api", uvicorn_argv(step, port), env=env)
+            services.append(api)
+            say(f"Started {_show(step.api)} with uvicorn at {env['API_URL']}")
+            wait_until_answering(f"{env['API_URL']}/health", api)
+        say("Running submit.py")
+        submit = Process("submit", [sys.executable, str(step.path / "submit.py")], env=env)
         try:
             code = submit.wait(timeout=SUBMIT_TIMEOUT, interruptible=True)
         except subprocess.TimeoutExpired:
@@ -427,15 +478,15 @@ def run_step(step: Step, server: Server) -> None:
             submit.stop()
         if code != 0:
             raise TutorialError(f"step {step.name} failed: submit.py exited with code {code}")
-        for task_server in task_servers:
-            if not task_server.running():
+        for process in task_servers + services:
+            if not process.running():
                 raise TutorialError(
-                    f"step {step.name} failed: {task_server.label} exited with code"
-                    f" {task_server.code} while the step ran"
+                    f"step {step.name} failed: {process.label} exited with code"
+                    f" {process.code} while the step ran"
                 )
     finally:
-        for task_server in task_servers:
-            task_server.stop()
+        for process in services + task_servers:
+            process.stop()
     say(f"Step {step.number:02d} done. Its runs in the UI: {server.ui_url}/runs")
 
 
@@ -467,9 +518,14 @@ def cmd_server(step: Step) -> None:
     say(f"Prefect UI: {server.ui_url}")
     say(f"Follow {step.name} by hand: each command in a terminal of its own, from the repo root.")
     terminal = 2 if server.process else 1
-    for script in [*step.task_servers, step.path / "submit.py"]:
+    for script in step.task_servers:
         say(f"  terminal {terminal}:  cd {ROOT} && {python} {_show(script)}")
         terminal += 1
+    if step.api:
+        uvicorn = "uv run uvicorn" if os.environ.get("UV") else "uvicorn"
+        say(f"  terminal {terminal}:  cd {ROOT} && {uvicorn} --app-dir {_show(step.path)} api:app")
+        terminal += 1
+    say(f"  terminal {terminal}:  cd {ROOT} && {python} {_show(step.path / 'submit.py')}")
     if not server.process:
         return
     say()
