@@ -46,7 +46,7 @@ if __name__ == "__main__":
     print(f"work done by this run ({WORK_LOG}):")
     for line in done[before:]:
         print(f"  {line}")
-    emails_ever = done.count("sent a welcome email to ada@example.com")
+    emails_ever = [line.lower() for line in done].count("sent a welcome email to ada@example.com")
     print(f"welcome emails ever sent to ada@example.com: {emails_ever}")
 
     # Exit non-zero unless each case behaved as shown. (Run this script again and the

@@ -1,0 +1,144 @@
+"""Step 04: retries with backoff, a retry condition, a timeout, and how a submitter sees
+each outcome, read back from the Prefect API."""
+
+import importlib.util
+import re
+import time
+from contextlib import contextmanager
+from datetime import datetime
+
+from harness import step_dir
+
+STEP = step_dir(4)
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def outcome(output: str, call: str) -> dict[str, str]:
+    """One call's block of submit.py's output."""
+    match = re.search(
+        rf"^{re.escape(call)}: task run (?P<id>{UUID})\n"
+        r"  state:   (?P<name>\w+) \(type (?P<type>\w+)\)\n"
+        r"  message: (?P<message>.*)\n"
+        r"  result:  (?P<result>.*)$",
+        output,
+        re.M,
+    )
+    assert match, f"no outcome for {call} in:\n{output}"
+    return match.groupdict()
+
+
+def timestamps(prefect_server, run_id: str) -> dict[str, datetime]:
+    states = prefect_server.api("GET", "/task_run_states/", params={"task_run_id": run_id})
+    return {s["name"]: datetime.fromisoformat(s["timestamp"]) for s in states}
+
+
+def test_retries_permanent_errors_and_timeouts(prefect_server, task_server):
+    server = task_server(STEP / "task_server.py")
+
+    submit = prefect_server.run_script(STEP / "submit.py")
+
+    assert submit.code == 0, submit.output
+
+    # A transient error, retried in place on the task server until the third attempt works.
+    receipt = outcome(submit.output, "send_receipt('ada@example.com')")
+    assert receipt["name"] == "Completed"
+    assert receipt["result"] == "'receipt sent to ada@example.com on attempt 3'"
+    run = prefect_server.task_run(receipt["id"])
+    assert run["run_count"] == 3
+    assert prefect_server.state_names(receipt["id"]) == [
+        "Scheduled",
+        "Pending",
+        "Running",
+        "AwaitingRetry",
+        "Retrying",
+        "AwaitingRetry",
+        "Retrying",
+        "Completed",
+    ]
+    assert prefect_server.result(receipt["id"]) == "receipt sent to ada@example.com on attempt 3"
+    for attempt in (1, 2, 3):
+        server.wait_for_line(rf"attempt {attempt}: sending a receipt to ada@example\.com", 10)
+    server.wait_for_line(r"Retry 2/3 will start [\d.]+ second\(s\) from now", 10)
+
+    # A permanent error: retry_condition_fn says no, so one attempt and Failed.
+    rejected = outcome(submit.output, "send_receipt('bob@nowhere.invalid')")
+    message = (
+        "Task run encountered an exception AddressRejected:"
+        " 550 no such mailbox: bob@nowhere.invalid"
+    )
+    assert rejected == {
+        "id": rejected["id"],
+        "name": "Failed",
+        "type": "FAILED",
+        "message": message,
+        "result": "AddressRejected('550 no such mailbox: bob@nowhere.invalid')",
+    }
+    run = prefect_server.task_run(rejected["id"])
+    assert run["run_count"] == 1
+    assert run["state"]["message"] == message
+    assert prefect_server.state_names(rejected["id"]) == [
+        "Scheduled",
+        "Pending",
+        "Running",
+        "Failed",
+    ]
+    assert "attempt 2: sending a receipt to bob@nowhere.invalid" not in server.output
+
+    # A timeout: a FAILED state named TimedOut; the body was interrupted at 2 s, not left
+    # to finish its 10 s sleep.
+    invoice = outcome(submit.output, "render_invoice(42)")
+    assert invoice == {
+        "id": invoice["id"],
+        "name": "TimedOut",
+        "type": "FAILED",
+        "message": "Task run exceeded timeout of 2.0 second(s)",
+        "result": "FailedRun('Task run exceeded timeout of 2.0 second(s)')",
+    }
+    run = prefect_server.task_run(invoice["id"])
+    assert (run["state"]["type"], run["state"]["name"]) == ("FAILED", "TimedOut")
+    assert prefect_server.state_names(invoice["id"]) == [
+        "Scheduled",
+        "Pending",
+        "Running",
+        "TimedOut",
+    ]
+    ran = timestamps(prefect_server, invoice["id"])
+    assert (ran["TimedOut"] - ran["Running"]).total_seconds() < 10
+
+
+def load_tasks():
+    spec = importlib.util.spec_from_file_location("step_04_tasks", STEP / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def client_settings(prefect_server):
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    with temporary_settings(
+        {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    ):
+        yield
+
+
+def test_result_does_not_hear_a_timed_out_run(prefect_server, task_server):
+    """Why submit.py polls the state: result(timeout=N) on a run that ends TimedOut waits
+    all N seconds, although the run was final long before."""
+    task_server(STEP / "task_server.py")
+    tasks = load_tasks()
+    with client_settings(prefect_server):
+        future = tasks.render_invoice.delay(7)
+        deadline = time.monotonic() + 60
+        while prefect_server.task_run(str(future.task_run_id))["state"]["name"] != "Running":
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+
+        result = future.result(timeout=8, raise_on_failure=False)
+        returned = datetime.now().astimezone()
+
+    assert repr(result) == "FailedRun('Task run exceeded timeout of 2.0 second(s)')"
+    timed_out = timestamps(prefect_server, str(future.task_run_id))["TimedOut"]
+    # The run ended about 2 s after it started; result() returned about 6 s after that.
+    assert (returned - timed_out).total_seconds() > 3
