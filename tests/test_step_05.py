@@ -1,0 +1,175 @@
+"""Step 05: cached runs skip the task body; a key on the address sends one welcome email,
+even for two requests at once; a task with no policy is not cached on a task server."""
+
+import asyncio
+import re
+from datetime import datetime
+
+from harness import step_dir
+from prefect import task
+from prefect.cache_policies import DEFAULT, INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_LOCAL_STORAGE_PATH,
+    temporary_settings,
+)
+from prefect.task_worker import TaskWorker
+
+STEP = step_dir(5)
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+LINE = re.compile(rf"^(?P<call>.+): (?P<state>\w+) -> (?P<result>.+) \(task run (?P<id>{UUID})\)$")
+
+
+def outcomes(output: str) -> list[dict[str, str]]:
+    return [m.groupdict() for line in output.splitlines() if (m := LINE.match(line))]
+
+
+def timestamps(prefect_server, run_id: str) -> dict[str, datetime]:
+    states = prefect_server.api("GET", "/task_run_states/", params={"task_run_id": run_id})
+    return {s["name"]: datetime.fromisoformat(s["timestamp"]) for s in states}
+
+
+def work_log(prefect_server) -> list[str]:
+    path = prefect_server.home / "work_log.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def check_api_states(prefect_server, runs: list[dict[str, str]]) -> None:
+    """What submit.py printed is what the API recorded."""
+    for run in runs:
+        assert prefect_server.task_run(run["id"])["state"]["name"] == run["state"]
+        assert prefect_server.state_names(run["id"])[-1] == run["state"]
+
+
+def test_cached_runs_do_not_run_the_body_again(prefect_server, task_server):
+    first_server = task_server(STEP / "task_server.py")
+    before = len(work_log(prefect_server))
+
+    first = prefect_server.run_script(STEP / "submit.py", timeout=90)
+
+    assert first.code == 0, first.output
+    runs = outcomes(first.output)
+    assert [r["call"] for r in runs] == [
+        "build_report('2026-11-25')",
+        "build_report('2026-11-25')",
+        "send_welcome_email('ada@example.com', 'Ada')",
+        "send_welcome_email('Ada@Example.com', 'Ada Lovelace')",
+        "count_visit('/pricing')",
+        "count_visit('/pricing')",
+    ]
+    check_api_states(prefect_server, runs)
+    reports, emails, visits = runs[0:2], runs[2:4], runs[4:6]
+
+    # Same inputs, one after the other: Completed, then Cached with the same result.
+    assert prefect_server.state_names(reports[0]["id"]) == [
+        "Scheduled",
+        "Pending",
+        "Running",
+        "Completed",
+    ]
+    assert prefect_server.state_names(reports[1]["id"]) == [
+        "Scheduled",
+        "Pending",
+        "Running",
+        "Cached",
+    ]
+    assert prefect_server.task_run(reports[1]["id"])["state"]["type"] == "COMPLETED"
+    assert reports[0]["result"] == reports[1]["result"] == "'report for 2026-11-25: 42 orders'"
+    assert prefect_server.result(reports[1]["id"]) == "report for 2026-11-25: 42 orders"
+
+    # Two emails to one address submitted together: one sent, the other Cached with its
+    # result. They ran at the same time: the Cached one was Running before the other
+    # finished, and waited on the lock instead of sending.
+    assert sorted(r["state"] for r in emails) == ["Cached", "Completed"]
+    assert emails[0]["result"] == emails[1]["result"]
+    sent, cached = sorted(emails, key=lambda r: r["state"] == "Cached")
+    assert (
+        timestamps(prefect_server, cached["id"])["Running"]
+        < (timestamps(prefect_server, sent["id"])["Completed"])
+    )
+
+    # No cache policy: both identical runs Completed.
+    assert [r["state"] for r in visits] == ["Completed", "Completed"]
+
+    # The bodies that ran, as the work log records them.
+    done = work_log(prefect_server)[before:]
+    assert [line.lower() for line in done] == [
+        "built the report for 2026-11-25",
+        "sent a welcome email to ada@example.com",
+        "counted a visit to /pricing",
+        "counted a visit to /pricing",
+    ]
+    assert "welcome emails ever sent to ada@example.com: 1" in first.output
+
+    # Run it again with a new task server process: the records are in result storage, so
+    # every report and email is Cached and only the visits do work.
+    first_server.stop()
+    task_server(STEP / "task_server.py")
+    before = len(work_log(prefect_server))
+
+    second = prefect_server.run_script(STEP / "submit.py", timeout=90)
+
+    assert second.code == 0, second.output
+    runs = outcomes(second.output)
+    check_api_states(prefect_server, runs)
+    assert [r["state"] for r in runs] == ["Cached"] * 4 + ["Completed"] * 2
+    assert work_log(prefect_server)[before:] == ["counted a visit to /pricing"] * 2
+    assert "welcome emails ever sent to ada@example.com: 1" in second.output
+
+
+def test_a_task_server_persists_results_with_the_default_policy():
+    """A task with no cache policy gets DEFAULT = INPUTS + TASK_SOURCE + RUN_ID, and a task
+    server turns on result persistence (even NO_CACHE becomes DEFAULT there). Outside a
+    flow RUN_ID is the task run's own id, so identical .delay() calls never share a key."""
+
+    @task
+    def no_policy(page: str) -> str:
+        return page
+
+    @task(cache_policy=NO_CACHE)
+    def no_cache(page: str) -> str:
+        return page
+
+    assert no_policy.cache_policy == DEFAULT
+    assert no_policy.persist_result is None  # off by default when run in-process
+
+    async def served():
+        return TaskWorker(no_policy, no_cache).tasks
+
+    for served_task in asyncio.run(served()):
+        assert served_task.cache_policy == DEFAULT
+        assert served_task.persist_result is True
+
+
+def test_inputs_alone_is_shared_by_every_task(prefect_server, tmp_path):
+    """Why build_report adds TASK_SOURCE: INPUTS hashes the arguments only, so two tasks
+    called with the same arguments share a cache key, and the second returns the first's
+    result."""
+
+    @task(cache_policy=INPUTS, persist_result=True)
+    def daily_orders(day: str) -> str:
+        return f"orders on {day}"
+
+    @task(cache_policy=INPUTS, persist_result=True)
+    def daily_refunds(day: str) -> str:
+        return f"refunds on {day}"
+
+    @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+    def daily_signups(day: str) -> str:
+        return f"signups on {day}"
+
+    settings = {
+        PREFECT_API_URL: prefect_server.api_url,
+        PREFECT_HOME: prefect_server.home,
+        PREFECT_LOCAL_STORAGE_PATH: tmp_path / "storage",
+    }
+    with temporary_settings(settings):
+        assert daily_orders("2026-11-25") == "orders on 2026-11-25"
+        refunds = daily_refunds("2026-11-25", return_state=True)
+        signups = daily_signups("2026-11-25", return_state=True)
+
+        assert refunds.name == "Cached"
+        assert refunds.result() == "orders on 2026-11-25"
+        assert signups.name == "Completed"
+        assert signups.result() == "signups on 2026-11-25"
