@@ -44,7 +44,7 @@ ONCE_PER_ADDRESS = CacheKeyFnPolicy(cache_key_fn=welcome_email_key).configure(
 
 @task(cache_policy=ONCE_PER_ADDRESS)
 def send_welcome_email(address: str, name: str) -> str:
-    time.sleep(2)  # stands in for a slow mail server
+    time.sleep(3)  # stands in for a slow mail server
     log_work(f"sent a welcome email to {address}")
     return f"welcome email sent to {name} <{address}>"
 
