@@ -1,0 +1,125 @@
+"""Step 03: fan-out to two task servers, each running at most `limit` runs at once."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness import step_dir
+
+STEP = step_dir(3)
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+LIMITS = {"task_server.py": 3, "task_server_small.py": 2}
+
+
+@contextmanager
+def step_tasks(step: Path):
+    """The step's tasks.py importable as `tasks`, as the scripts see it, to unpickle results."""
+    spec = importlib.util.spec_from_file_location("tasks", step / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = sys.modules.get("tasks")
+    sys.modules["tasks"] = module
+    try:
+        yield module
+    finally:
+        if saved is None:
+            del sys.modules["tasks"]
+        else:
+            sys.modules["tasks"] = saved
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of intervals open at one moment; touching ones do not overlap."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    open_now = most = 0
+    for _, change in edges:
+        open_now += change
+        most = max(most, open_now)
+    return most
+
+
+def server_id(process) -> str:
+    """How the Prefect API names a task server, and what the task body records."""
+    return f"{socket.gethostname()}-{process.pid}"
+
+
+def wait_until_final(prefect_server, run_ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [prefect_server.task_run(i)["state"]["type"] for i in run_ids]
+        if all(s in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} for s in states):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"runs not final within {timeout} s: {states}")
+
+
+def test_the_limits_are_in_the_files():
+    for name, limit in LIMITS.items():
+        assert f"serve(resize_image, limit={limit})" in (STEP / name).read_text()
+
+
+def test_two_task_servers_share_the_runs_within_their_limits(prefect_server, task_server):
+    servers = {name: task_server(STEP / name) for name in LIMITS}
+    limit_of = {server_id(p): LIMITS[name] for name, p in servers.items()}
+
+    submit = prefect_server.run_script(STEP / "submit.py")
+
+    assert submit.code == 0, submit.output
+    assert "submitted 12 runs" in submit.output.splitlines()
+    printed = re.findall(rf"^(\S+) +on (\S+) .*\(run ({UUID})\)$", submit.output, re.M)
+    assert sorted(image for image, _, _ in printed) == sorted(
+        [f"photo-{i}.jpg" for i in range(6)] + [f"scan-{i}.png" for i in range(6)]
+    )
+
+    # Read what each task body recorded back from the API, not from the printout.
+    intervals: dict[str, list[tuple[float, float]]] = {sid: [] for sid in limit_of}
+    with step_tasks(STEP) as tasks:
+        for image, printed_server, run_id in printed:
+            assert prefect_server.task_run(run_id)["state"]["type"] == "COMPLETED"
+            resized = prefect_server.result(run_id)
+            assert isinstance(resized, tasks.Resized)
+            assert (resized.image, resized.server) == (image, printed_server)
+            assert resized.server in limit_of, f"ran on an unknown process: {resized.server}"
+            intervals[resized.server].append((resized.started, resized.ended))
+            # The task server that logged receiving the run is the one that ran it.
+            (name,) = [n for n, p in servers.items() if server_id(p) == resized.server]
+            assert f"Received task run: {run_id}" in servers[name].output
+
+    most = {sid: most_at_once(spans) for sid, spans in intervals.items()}
+    assert all(intervals.values()), f"a task server got no work: {intervals}"
+    assert all(most[sid] <= limit_of[sid] for sid in most), (most, limit_of)
+    assert any(most[sid] == limit_of[sid] for sid in most), (most, limit_of)
+    for sid, spans in intervals.items():
+        assert f"{sid}: {len(spans)} runs, at most {most[sid]} at once" in submit.output
+
+
+def test_a_busy_task_server_takes_one_run_beyond_its_limit(prefect_server, task_server):
+    """With limit=2 and a backlog, the task server receives 3 runs before any finishes: the
+    third waits for a free slot in that process, where no other task server can take it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with step_tasks(STEP) as tasks, temporary_settings(settings):
+        run_ids = [str(tasks.resize_image.delay(f"held-{i}.jpg").task_run_id) for i in range(4)]
+
+    small = task_server(STEP / "task_server_small.py")  # limit=2
+    wait_until_final(prefect_server, run_ids, timeout=90)
+
+    lines = small.output.splitlines()
+
+    def position(pattern: str) -> int:
+        return next(i for i, line in enumerate(lines) if re.search(pattern, line))
+
+    received = sorted(position(f"Received task run: {run_id}") for run_id in run_ids)
+    first_finished = position(r"Finished in state Completed")
+    assert received[2] < first_finished < received[3], small.output
+    with step_tasks(STEP):
+        results = [prefect_server.result(run_id) for run_id in run_ids]
+    assert {r.server for r in results} == {server_id(small)}
+    assert most_at_once([(r.started, r.ended) for r in results]) == 2

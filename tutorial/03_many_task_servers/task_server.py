@@ -1,0 +1,7 @@
+from prefect.task_worker import serve
+
+from tasks import resize_image
+
+if __name__ == "__main__":
+    # At most 3 runs at once in this process; the others wait in the Prefect server's queue.
+    serve(resize_image, limit=3)
