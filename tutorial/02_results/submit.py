@@ -3,7 +3,6 @@ import sys
 from tasks import Invoice, add, build_invoice, charge_card
 
 if __name__ == "__main__":
-    # region wait
     future = build_invoice.delay(42, [1999, 500])
     # wait() returns when the run is final or the timeout is up; it never raises.
     future.wait(timeout=1)
@@ -12,9 +11,7 @@ if __name__ == "__main__":
     invoice = future.result(timeout=60)
     print(f"build_invoice returned {type(invoice).__name__}: {invoice!r}")
     print(f"add(2, 3) returned {add.delay(2, 3).result(timeout=60)!r}")
-    # endregion wait
 
-    # region failure
     future = charge_card.delay(7, "0000-1111")
     # With raise_on_failure=False a failed run's exception is returned, not raised.
     error = future.result(timeout=60, raise_on_failure=False)
@@ -23,7 +20,6 @@ if __name__ == "__main__":
         future.result(timeout=60)
     except ValueError as exc:
         print(f"result() raised ValueError: {exc}")
-    # endregion failure
 
     if not isinstance(invoice, Invoice) or not isinstance(error, ValueError):
         sys.exit("expected an Invoice and a ValueError")

@@ -16,13 +16,11 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
 
 
 if __name__ == "__main__":
-    # region fan_out
     # Fan out with a loop of .delay() ...
     futures = [resize_image.delay(f"photo-{i}.jpg") for i in range(6)]
     # ... or with .map(..., deferred=True), the same loop done for you.
     futures += resize_image.map([f"scan-{i}.png" for i in range(6)], deferred=True)
     print(f"submitted {len(futures)} runs")
-    # endregion fan_out
 
     results = [future.result(timeout=120) for future in futures]
     t0 = min(r.started for r in results)

@@ -3,5 +3,5 @@ from prefect.task_worker import serve
 from tasks import resize_image
 
 if __name__ == "__main__":
-    # At most 3 runs at once in this process; the others wait in the Prefect server's queue.
+    # At most 3 runs at once in this process, each in a thread of its own.
     serve(resize_image, limit=3)
