@@ -99,27 +99,60 @@ def test_two_task_servers_share_the_runs_within_their_limits(prefect_server, tas
         assert f"{sid}: {len(spans)} runs, at most {most[sid]} at once" in submit.output
 
 
-def test_a_busy_task_server_takes_one_run_beyond_its_limit(prefect_server, task_server):
-    """With limit=2 and a backlog, the task server receives 3 runs before any finishes: the
-    third waits for a free slot in that process, where no other task server can take it."""
+HOLD_TASKS = """\
+import time
+
+from prefect import task
+
+
+@task
+def hold(i: int) -> int:
+    time.sleep(8)
+    return i
+"""
+HOLD_SERVER = """\
+from prefect.task_worker import serve
+
+from hold_tasks import hold
+
+if __name__ == "__main__":
+    serve(hold, limit=1)
+"""
+
+
+def test_a_busy_task_server_keeps_runs_an_idle_one_could_take(
+    prefect_server, task_server, tmp_path
+):
+    """With limit=1 and a backlog, a task server takes limit + 2 runs: one runs, one waits in
+    the process for the slot, one waits unread on its websocket. A second task server that
+    subscribes while the third is still waiting never gets it, though it sits idle."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
+    (tmp_path / "hold_tasks.py").write_text(HOLD_TASKS)
+    (tmp_path / "hold_server.py").write_text(HOLD_SERVER)
+    spec = importlib.util.spec_from_file_location("hold_tasks", tmp_path / "hold_tasks.py")
+    hold_tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hold_tasks)
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
-    with step_tasks(STEP) as tasks, temporary_settings(settings):
-        run_ids = [str(tasks.resize_image.delay(f"held-{i}.jpg").task_run_id) for i in range(4)]
+    with temporary_settings(settings):
+        run_ids = [str(hold_tasks.hold.delay(i).task_run_id) for i in range(3)]
 
-    small = task_server(STEP / "task_server_small.py")  # limit=2
+    busy = task_server(tmp_path / "hold_server.py")
+    busy.wait_for_line(rf"Received task run: {run_ids[1]}", timeout=60)
+    idle = task_server(tmp_path / "hold_server.py")
+    # The idle server is ready while the third run has not even started on the busy one.
+    third = prefect_server.task_run(run_ids[2])
+    assert third["state"]["name"] == "Scheduled", "the second task server started too late"
+
     wait_until_final(prefect_server, run_ids, timeout=90)
-
-    lines = small.output.splitlines()
+    assert all(f"Received task run: {run_id}" in busy.output for run_id in run_ids)
+    assert "Received task run" not in idle.output
+    # Received: the first two before the first run finished, the third only after it.
+    lines = busy.output.splitlines()
 
     def position(pattern: str) -> int:
         return next(i for i, line in enumerate(lines) if re.search(pattern, line))
 
-    received = sorted(position(f"Received task run: {run_id}") for run_id in run_ids)
     first_finished = position(r"Finished in state Completed")
-    assert received[2] < first_finished < received[3], small.output
-    with step_tasks(STEP):
-        results = [prefect_server.result(run_id) for run_id in run_ids]
-    assert {r.server for r in results} == {server_id(small)}
-    assert most_at_once([(r.started, r.ended) for r in results]) == 2
+    assert position(f"Received task run: {run_ids[1]}") < first_finished
+    assert position(f"Received task run: {run_ids[2]}") > first_finished
