@@ -19,5 +19,6 @@ if __name__ == "__main__":
             value = future.result(timeout=15)
         except (ObjectNotFound, TimeoutError) as exc:
             print(f"result() raised {type(exc).__name__}: the run never ran")
+            print(f"  future.state now reads {future.state.name}")
         else:
             sys.exit(f"the run completed ({value!r}): this storage is shared after all")
