@@ -1,0 +1,122 @@
+"""Step 13: the same job with Celery, arq and Prefect gives the same thumbnails, each after
+one retry; and what Prefect's submit API does not have, pinned so the lesson stays true."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import clean_env, step_dir
+
+from tutorial.runner import Process, free_port
+
+STEP = step_dir(13)
+BIN = Path(sys.executable).parent
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+RESULT_LINE = re.compile(r"^photo-\d\.pgm: .*$", re.M)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway Redis on a free loopback port: no disk, gone at the end of the module."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no"]
+    redis = Process("redis", argv, env=clean_env(), echo=False)
+    try:
+        redis.wait_for_line(r"Ready to accept connections", timeout=30)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        redis.stop()
+
+
+def start_worker(started: list[Process], label: str, argv: list[str], redis_url: str) -> Process:
+    """A Celery or arq worker, started from the repo root with the step's folder importable."""
+    env = clean_env(PYTHONPATH=str(STEP), REDIS_URL=redis_url)
+    started.append(worker := Process(label, argv, env=env, echo=False))
+    return worker
+
+
+def expected_lines() -> list[str]:
+    """What each submitter must print: the job computed here, directly, on its second attempt."""
+    spec = importlib.util.spec_from_file_location("thumbnails", STEP / "thumbnails.py")
+    thumbnails = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thumbnails)
+    lines = []
+    for n in range(1, 9):
+        name = f"photo-{n}.pgm"
+        t = thumbnails.create_thumbnail(name, thumbnails.sample_upload(seed=n), attempt=2)
+        lines.append(f"{name}: {t['size']}, sha256 {t['sha256'][:16]}, {t['stored_at']}, attempt 2")
+    return lines
+
+
+def test_the_same_job_three_ways(prefect_server, task_server, spawn, started, redis_url):
+    celery = start_worker(
+        started,
+        "celery",
+        [str(BIN / "celery"), "-A", "celery_app", "worker", "-c", "2", "--loglevel=INFO"],
+        redis_url,
+    )
+    arq = start_worker(started, "arq", [str(BIN / "arq"), "arq_app.WorkerSettings"], redis_url)
+    task_server(STEP / "task_server.py")
+    celery.wait_for_line(r"celery@\S+ ready\.", timeout=60)
+    arq.wait_for_line(r"Starting worker for 1 functions: make_thumbnail", timeout=60)
+
+    # The three submitters run side by side; each waits for its own results.
+    submitters = {
+        "prefect": spawn(STEP / "submit.py"),
+        "celery": spawn(STEP / "submit_celery.py", REDIS_URL=redis_url),
+        "arq": spawn(STEP / "submit_arq.py", REDIS_URL=redis_url),
+    }
+    for name, submit in submitters.items():
+        assert submit.wait(timeout=120) == 0, f"{name}:\n{submit.output}"
+
+    expected = expected_lines()
+    assert len(set(expected)) == 8  # eight different thumbnails
+    for name, submit in submitters.items():
+        assert RESULT_LINE.findall(submit.output) == expected, f"{name}:\n{submit.output}"
+        assert re.search(rf"^{name}: 8 submitted, submit p50 \d+\.\d\d ms$", submit.output, re.M)
+
+    # Each version retried every job once: the workers' own logs say so.
+    celery.wait_for_line(r"make_thumbnail\[.*\] retry: Retry in \d", timeout=10)
+    assert len(re.findall(r"make_thumbnail\[.*\] retry: Retry in", celery.output)) == 8
+    assert len(re.findall(r"make_thumbnail\[.*\] succeeded in", celery.output)) == 8
+    assert len(re.findall(r"make_thumbnail\(.*\) try=2$", arq.output, re.M)) == 8
+
+    # Prefect kept a record of each run: its state history, attempts and result.
+    prefect_output = submitters["prefect"].output
+    run_ids = re.findall(rf"View it in the UI at '.*/runs/task-run/({UUID})'", prefect_output)
+    assert len(run_ids) == 8
+    for run_id, line in zip(run_ids, expected, strict=True):
+        run = prefect_server.task_run(run_id)
+        assert run["state"]["type"] == "COMPLETED"
+        assert run["run_count"] == 2
+        assert prefect_server.state_names(run_id) == [
+            *("Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed")
+        ]
+        result = prefect_server.result(run_id)
+        assert line.startswith(
+            f"{result['name']}: {result['size']}, sha256 {result['sha256'][:16]}"
+        )
+
+
+def test_prefect_submit_has_no_queue_priority_or_countdown():
+    """The lesson says background tasks have no named queues, priorities or countdown/eta:
+    nothing in the submit call or in serve() takes one. If Prefect adds them, update the map."""
+    from prefect import Task
+    from prefect.task_worker import serve
+
+    assert list(inspect.signature(Task.apply_async).parameters) == [
+        *("self", "args", "kwargs", "wait_for", "dependencies")
+    ]
+    assert list(inspect.signature(serve).parameters) == [
+        *("tasks", "limit", "status_server_port", "timeout")
+    ]

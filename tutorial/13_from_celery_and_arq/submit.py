@@ -1,0 +1,24 @@
+import statistics
+import time
+
+from thumbnails import sample_upload
+
+from tasks import make_thumbnail
+
+if __name__ == "__main__":
+    uploads = {f"photo-{n}.pgm": sample_upload(seed=n) for n in range(1, 9)}
+
+    submitted, latencies = [], []
+    for name, upload_b64 in uploads.items():
+        started = time.perf_counter()
+        submitted.append(make_thumbnail.delay(name, upload_b64))
+        latencies.append(time.perf_counter() - started)
+
+    for future in submitted:
+        thumbnail = future.result(timeout=60)  # bound the wait, as always
+        print(
+            f"{thumbnail['name']}: {thumbnail['size']}, sha256 {thumbnail['sha256'][:16]},"
+            f" {thumbnail['stored_at']}, attempt {thumbnail['attempt']}"
+        )
+    p50 = statistics.median(latencies) * 1000
+    print(f"prefect: {len(submitted)} submitted, submit p50 {p50:.2f} ms")
