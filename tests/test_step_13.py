@@ -9,7 +9,9 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,52 @@ def test_prefect_submit_has_no_queue_priority_or_countdown():
     assert list(inspect.signature(serve).parameters) == [
         *("tasks", "limit", "status_server_port", "timeout")
     ]
+
+
+PING = """import time
+
+from prefect import task
+from prefect.task_worker import serve
+
+
+@task
+def ping() -> float:
+    return time.time()
+
+
+if __name__ == "__main__":
+    serve(ping)
+"""
+
+
+def test_a_future_scheduled_time_does_not_delay_a_background_run(
+    prefect_server, task_server, tmp_path
+):
+    """No countdown by the back door either: a background run created in a Scheduled state
+    whose scheduled_time is a minute ahead is queued, and run, at once."""
+    script = tmp_path / "ping_server.py"
+    script.write_text(PING)
+    spec = importlib.util.spec_from_file_location("ping_server", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task_server(script)
+
+    scheduled_time = datetime.now(UTC) + timedelta(seconds=60)
+    state = {"type": "SCHEDULED", "name": "Scheduled"}
+    state["state_details"] = {"deferred": True, "scheduled_time": scheduled_time.isoformat()}
+    run = prefect_server.api(
+        "POST",
+        "/task_runs/",
+        json={
+            "name": "ping",
+            "task_key": module.ping.task_key,
+            "dynamic_key": f"ping-{uuid.uuid4().hex}",
+            "state": state,
+        },
+    )
+
+    deadline = time.monotonic() + 30
+    while prefect_server.task_run(run["id"])["state"]["type"] != "COMPLETED":
+        assert time.monotonic() < deadline, prefect_server.task_run(run["id"])["state"]
+        time.sleep(0.2)
+    assert prefect_server.result(run["id"]) < scheduled_time.timestamp() - 30
