@@ -58,38 +58,48 @@ def wait_for_lines(process: Process, pattern: str, count: int, timeout: float = 
     assert len(found) == count, f"{process.label}: {pattern!r}:\n{process.output}"
 
 
-def expected_lines() -> list[str]:
-    """What each submitter must print: the job computed here, directly, on its second attempt."""
+def expected_thumbnails() -> list[dict]:
+    """What the job must return for photo-1 to photo-8, computed here, directly, on the
+    second attempt (the first one fails to store the thumbnail, by design)."""
     spec = importlib.util.spec_from_file_location("thumbnails", STEP / "thumbnails.py")
     thumbnails = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(thumbnails)
-    lines = []
-    for n in range(1, 9):
-        name = f"photo-{n}.pgm"
-        t = thumbnails.create_thumbnail(name, thumbnails.sample_upload(seed=n), attempt=2)
-        lines.append(f"{name}: {t['size']}, sha256 {t['sha256'][:16]}, {t['stored_at']}, attempt 2")
-    return lines
+    return [
+        thumbnails.create_thumbnail(f"photo-{n}.pgm", thumbnails.sample_upload(seed=n), attempt=2)
+        for n in range(1, 9)
+    ]
 
 
-def test_the_same_job_three_ways(prefect_server, task_server, spawn, started, redis_url):
+def expected_lines() -> list[str]:
+    """What each submitter must print for the eight thumbnails."""
+    return [
+        f"{t['name']}: {t['size']}, sha256 {t['sha256'][:16]}, {t['stored_at']}, attempt 2"
+        for t in expected_thumbnails()
+    ]
+
+
+def test_the_same_job_three_ways_and_as_a_flow(
+    prefect_server, task_server, spawn, started, redis_url
+):
     celery = start_worker(
         started,
         "celery",
-        [str(BIN / "celery"), "-A", "celery_app", "worker", "-c", "2", "--loglevel=INFO"],
+        [str(BIN / "celery"), "-A", "celery_app", "worker", "-c", "4", "--loglevel=INFO"],
         redis_url,
     )
     arq = start_worker(started, "arq", [str(BIN / "arq"), "arq_app.WorkerSettings"], redis_url)
-    task_server(STEP / "task_server.py")
+    server = task_server(STEP / "task_server.py")
     celery.wait_for_line(r"celery@\S+ ready\.", timeout=60)
     arq.wait_for_line(r"Starting worker for 1 functions: make_thumbnail", timeout=60)
 
-    # The three submitters run side by side; each waits for its own results.
+    # The three submitters and the flow run side by side; each waits for its own results.
     submitters = {
         "prefect": spawn(STEP / "submit.py"),
         "celery": spawn(STEP / "submit_celery.py", REDIS_URL=redis_url),
         "arq": spawn(STEP / "submit_arq.py", REDIS_URL=redis_url),
     }
-    for name, submit in submitters.items():
+    canvas = spawn(STEP / "canvas.py")
+    for name, submit in [*submitters.items(), ("canvas", canvas)]:
         assert submit.wait(timeout=120) == 0, f"{name}:\n{submit.output}"
 
     expected = expected_lines()
@@ -108,17 +118,31 @@ def test_the_same_job_three_ways(prefect_server, task_server, spawn, started, re
     prefect_output = submitters["prefect"].output
     run_ids = re.findall(rf"View it in the UI at '.*/runs/task-run/({UUID})'", prefect_output)
     assert len(run_ids) == 8
-    for run_id, line in zip(run_ids, expected, strict=True):
+    for run_id, thumbnail in zip(run_ids, expected_thumbnails(), strict=True):
         run = prefect_server.task_run(run_id)
         assert run["state"]["type"] == "COMPLETED"
         assert run["run_count"] == 2
         assert prefect_server.state_names(run_id) == [
             *("Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed")
         ]
-        result = prefect_server.result(run_id)
-        assert line.startswith(
-            f"{result['name']}: {result['size']}, sha256 {result['sha256'][:16]}"
-        )
+        assert prefect_server.result(run_id) == thumbnail
+
+    # Canvas is a flow: a group of background runs and one task on all their results.
+    sheet = ", ".join(f"{t['name']} {t['sha256'][:8]}" for t in expected_thumbnails()[:3])
+    assert f"album: {sheet}" in canvas.output.splitlines()
+    flow_run_id = re.search(rf"/runs/flow-run/({UUID})", canvas.output).group(1)
+    assert prefect_server.api("GET", f"/flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
+    runs = prefect_server.api(
+        "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    )
+    assert sorted(r["name"].rsplit("-", 1)[0] for r in runs) == [
+        *("contact_sheet", "make_thumbnail", "make_thumbnail", "make_thumbnail")
+    ]
+    assert all(r["state"]["type"] == "COMPLETED" for r in runs)
+    # The group's runs belong to the flow run, and the task server ran them.
+    for run in runs:
+        if run["name"].startswith("make_thumbnail"):
+            server.wait_for_line(rf"Received task run: {run['id']}", timeout=10)
 
 
 def test_prefect_submit_has_no_queue_priority_or_countdown():

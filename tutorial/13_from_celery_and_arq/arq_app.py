@@ -24,4 +24,4 @@ async def make_thumbnail(ctx: dict, name: str, upload_b64: str) -> dict:
 class WorkerSettings:
     functions = (func(make_thumbnail, max_tries=4, timeout=30),)
     redis_settings = REDIS
-    max_jobs = 2
+    max_jobs = 4

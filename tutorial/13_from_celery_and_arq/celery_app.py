@@ -1,4 +1,4 @@
-"""The job as a Celery task. Worker: `celery -A celery_app worker -c 2` (see the lesson)."""
+"""The job as a Celery task. Worker: `celery -A celery_app worker -c 4` (see the lesson)."""
 
 import os
 
