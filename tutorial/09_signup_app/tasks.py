@@ -1,0 +1,62 @@
+import os
+import time
+import uuid
+
+import httpx
+from db import User, Workspace, engine
+from prefect import task
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+# Where the app (and its fake mail and CRM providers) listens.
+API_URL = os.environ.get("API_URL", "http://127.0.0.1:8000")
+
+
+# Each task gets the user's id only and reads the user now: the row is the truth, and a
+# run that waited in the queue must not act on a stale copy.
+def load_user(user_id: uuid.UUID) -> User:
+    with Session(engine) as session:
+        return session.get_one(User, user_id)
+
+
+@task(retries=3, retry_delay_seconds=1, log_prints=True)
+def send_welcome_email(user_id: uuid.UUID) -> str:
+    user = load_user(user_id)
+    response = httpx.post(
+        f"{API_URL}/fake-mail/messages",
+        json={"to": user.email, "subject": "Welcome!", "text": f"Hi {user.name}, welcome!"},
+        # The same key on every attempt: if an earlier attempt did send, the provider
+        # answers with that message instead of sending a second one.
+        headers={"Idempotency-Key": f"welcome-email-{user_id}"},
+        timeout=10,
+    )
+    response.raise_for_status()  # a 5xx fails this attempt; Prefect retries it
+    print(f"Welcome email to {user.email} accepted as message {response.json()['id']}")
+    return response.json()["id"]
+
+
+@task(retries=3, retry_delay_seconds=1, log_prints=True)
+def set_up_workspace(user_id: uuid.UUID) -> str:
+    user = load_user(user_id)
+    time.sleep(2)  # stands in for creating storage, default projects, ...
+    with Session(engine) as session:
+        workspace = session.scalar(select(Workspace).where(Workspace.user_id == user_id))
+        if workspace is None:  # not made by an earlier attempt or a duplicate run
+            workspace = Workspace(user_id=user_id, name=f"{user.name}'s workspace")
+            session.add(workspace)
+            session.commit()  # a concurrent duplicate fails here (unique user_id) and retries
+        print(f"Workspace {workspace.name!r} is ready")
+        return str(workspace.id)
+
+
+@task(retries=3, retry_delay_seconds=1, log_prints=True)
+def add_to_crm(user_id: uuid.UUID) -> str:
+    user = load_user(user_id)
+    response = httpx.put(
+        f"{API_URL}/fake-crm/contacts/{user.email}",
+        json={"name": user.name, "lifecycle_stage": "signed_up"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    print(f"CRM contact {user.email} is up to date")
+    return user.email
