@@ -1,0 +1,346 @@
+"""Step 09: a signup app. The user is committed first, the background jobs are queued after,
+each job is idempotent, and the page shows the jobs finishing."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import free_port, step_dir
+from sqlalchemy import create_engine, text
+
+from tutorial.runner import Process, wait_until_subscribed
+
+STEP = step_dir(9)
+KINDS = ["welcome_email", "workspace", "crm"]
+TASK_NAMES = {"welcome_email": "send_welcome_email", "workspace": "set_up_workspace"}
+TASK_NAMES["crm"] = "add_to_crm"
+FINAL = {"completed", "failed", "cancelled"}
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@dataclass
+class App:
+    url: str
+    db: str  # the SQLAlchemy URL the app and its task server share
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def rows(self, sql: str) -> list[tuple]:
+        engine = create_engine(self.db)
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(text(sql))]
+        finally:
+            engine.dispose()
+
+
+def start_step(prefect_server, spawn, api_server, tmp_path, **app_env: str) -> tuple[App, Process]:
+    """The task server and the app, on a database of the test's own, started side by side."""
+    port = free_port()
+    app = App(f"http://127.0.0.1:{port}", f"sqlite:///{tmp_path}/signup.db")
+    # The task server needs the app's URL (the fake providers live there) and its database.
+    server = spawn(STEP / "task_server.py", API_URL=app.url, SIGNUP_DATABASE_URL=app.db)
+    api, _ = api_server(STEP, port=port, SIGNUP_DATABASE_URL=app.db, **app_env)
+    wait_until_subscribed(prefect_server.api_url, server)
+    return app, api
+
+
+@pytest.fixture
+def app(prefect_server, spawn, api_server, tmp_path) -> App:
+    return start_step(prefect_server, spawn, api_server, tmp_path)[0]
+
+
+def wait_for_jobs(client: httpx.Client, location: str, timeout: float = 60) -> dict:
+    """Poll the user until every job has finished; the user as last read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        user = client.get(location).raise_for_status().json()
+        if all(job["status"] in FINAL for job in user["jobs"]):
+            return user
+        assert time.monotonic() < deadline, f"jobs not finished within {timeout} s: {user}"
+        time.sleep(0.2)
+
+
+def wait_for_runs(prefect_server, run_ids: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [prefect_server.task_run(r)["state"] for r in run_ids]
+        if all(s and s["type"] in {"COMPLETED", "FAILED", "CRASHED"} for s in states):
+            return
+        assert time.monotonic() < deadline, f"runs not finished within {timeout} s: {states}"
+        time.sleep(0.2)
+
+
+def task_run_count(prefect_server) -> int:
+    return prefect_server.api("POST", "/task_runs/count", json={})
+
+
+def job_runs(app: App, user_id: str) -> dict[str, str]:
+    """kind -> task run id, as the app recorded them."""
+    rows = app.rows(
+        f"SELECT kind, task_run_id FROM jobs WHERE user_id = '{uuid.UUID(user_id).hex}'"
+    )
+    return {kind: str(uuid.UUID(run_id)) for kind, run_id in rows}
+
+
+def sign_up(client: httpx.Client, email: str, name: str = "Ada Lovelace") -> httpx.Response:
+    return client.post("/users", json={"email": email, "name": name})
+
+
+def test_signup_answers_at_once_and_every_job_completes(prefect_server, app):
+    with app.client() as client:
+        response = sign_up(client, "Ada@Example.com")
+
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert response.headers["Location"] == f"/users/{body['id']}"
+        assert body["email"] == "ada@example.com"  # stored lower-cased
+        assert [job["kind"] for job in body["jobs"]] == KINDS
+        # The answer came while the work was still going on: the CRM call alone takes 3 s,
+        # and the app read this state from Prefect just before answering.
+        crm = next(job for job in body["jobs"] if job["kind"] == "crm")
+        assert crm["status"] in {"queued", "running"}
+
+        user = wait_for_jobs(client, response.headers["Location"])
+        inbox = client.get("/fake-mail/messages", params={"to": "ada@example.com"}).json()
+
+    assert {job["kind"]: job["status"] for job in user["jobs"]} == dict.fromkeys(KINDS, "completed")
+    assert {job["kind"]: job["attempts"] for job in user["jobs"]} == {
+        "welcome_email": 2,  # the mail provider lost its first answer
+        "workspace": 1,
+        "crm": 1,
+    }
+
+    # The database: the user, a job per kind with its run id, one workspace.
+    user_hex = uuid.UUID(body["id"]).hex
+    assert app.rows("SELECT id, email, name FROM users") == [
+        (user_hex, "ada@example.com", "Ada Lovelace")
+    ]
+    runs = job_runs(app, body["id"])
+    assert sorted(runs) == sorted(KINDS)
+    assert app.rows("SELECT user_id, name FROM workspaces") == [
+        (user_hex, "Ada Lovelace's workspace")
+    ]
+
+    # Prefect: each job is a background task run, completed.
+    for kind, run_id in runs.items():
+        run = prefect_server.task_run(run_id)
+        assert run["state"]["type"] == "COMPLETED"
+        assert run["flow_run_id"] is None
+        assert run["task_key"].startswith(f"{TASK_NAMES[kind]}-")
+    plain = ["Scheduled", "Pending", "Running", "Completed"]
+    assert prefect_server.state_names(runs["workspace"]) == plain
+    assert prefect_server.state_names(runs["crm"]) == plain
+    assert prefect_server.state_names(runs["welcome_email"]) == [
+        *("Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed")
+    ]
+    assert prefect_server.task_run(runs["welcome_email"])["run_count"] == 2
+    assert prefect_server.result(runs["crm"]) == "ada@example.com"
+
+    # Two requests reached the mail provider with the same key: one email exists.
+    assert len(inbox) == 1, inbox
+    assert inbox[0]["requests"] == 2
+    assert inbox[0]["subject"] == "Welcome!"
+    assert inbox[0]["text"] == "Hi Ada Lovelace, welcome!"
+    assert prefect_server.result(runs["welcome_email"]) == inbox[0]["id"]
+
+
+# Submits two of the step's tasks again for a user, as a duplicated delivery would.
+RESUBMIT = """
+import sys, uuid
+sys.path.insert(0, sys.argv[1])
+from tasks import send_welcome_email, set_up_workspace
+for task in (send_welcome_email, set_up_workspace):
+    print("run", task.delay(uuid.UUID(sys.argv[2])).task_run_id, flush=True)
+"""
+
+
+def test_a_task_run_twice_sends_one_email_and_makes_one_workspace(prefect_server, app, started):
+    with app.client() as client:
+        response = sign_up(client, "grace@example.com", "Grace Hopper")
+        assert response.status_code == 201, response.text
+        user_id = response.json()["id"]
+        wait_for_jobs(client, response.headers["Location"])
+        first = job_runs(app, user_id)
+
+        env = {**prefect_server.env, "SIGNUP_DATABASE_URL": app.db, "API_URL": app.url}
+        argv = [sys.executable, "-c", RESUBMIT, str(STEP), user_id]
+        started.append(resubmit := Process("resubmit", argv, env=env, echo=False))
+        assert resubmit.wait(timeout=60) == 0, resubmit.output
+        email_run, workspace_run = re.findall(r"^run (\S+)$", resubmit.output, re.M)
+        wait_for_runs(prefect_server, [email_run, workspace_run])
+
+        inbox = client.get("/fake-mail/messages", params={"to": "grace@example.com"}).json()
+
+    # Both duplicates ran their bodies (not Cached) and completed on the first attempt...
+    for run_id in (email_run, workspace_run):
+        assert prefect_server.state_names(run_id) == [
+            "Scheduled",
+            "Pending",
+            "Running",
+            "Completed",
+        ]
+    # ...returning what the first runs made, without making it again.
+    assert prefect_server.result(email_run) == prefect_server.result(first["welcome_email"])
+    assert prefect_server.result(workspace_run) == prefect_server.result(first["workspace"])
+    assert len(inbox) == 1, inbox
+    assert inbox[0]["requests"] == 3  # lost answer, retry, duplicate: one email
+    assert len(app.rows("SELECT id FROM workspaces")) == 1
+
+
+def test_a_second_signup_with_the_same_email_is_409_and_queues_nothing(prefect_server, app):
+    with app.client() as client:
+        response = sign_up(client, "Ada@Example.com")
+        assert response.status_code == 201, response.text
+        wait_for_jobs(client, response.headers["Location"])
+        runs_before = task_run_count(prefect_server)
+
+        again = sign_up(client, "ada@EXAMPLE.com", "Someone Else")
+
+        assert again.status_code == 409
+        assert again.json() == {"detail": "an account with this email already exists"}
+        assert "Location" not in again.headers
+        assert task_run_count(prefect_server) == runs_before
+        assert app.rows("SELECT email, name FROM users") == [("ada@example.com", "Ada Lovelace")]
+        assert len(app.rows("SELECT id FROM jobs")) == 3
+
+        # The API reads runs only through a user's own jobs: a run id is no user id.
+        run_id = job_runs(app, response.json()["id"])["crm"]
+        assert client.get(f"/users/{run_id}").status_code == 404
+
+
+def test_bad_bodies_are_422_and_unknown_users_404(prefect_server, api_server, tmp_path):
+    db = f"sqlite:///{tmp_path}/signup.db"
+    _, url = api_server(STEP, SIGNUP_DATABASE_URL=db)
+    runs_before = task_run_count(prefect_server)
+    bad_bodies = [
+        {},
+        {"email": "ada@example.com"},
+        {"email": "not an address", "name": "Ada"},
+        {"email": "ada@example.com", "name": ""},
+        {"email": "ada@example.com", "name": "x" * 101},
+    ]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for body in bad_bodies:
+            response = client.post("/users", json=body)
+            assert response.status_code == 422, (body, response.text)
+        not_json = client.post("/users", content="hello", headers={"Content-Type": "text/plain"})
+        assert not_json.status_code == 422
+
+        assert client.get(f"/users/{uuid.uuid4()}").json() == {"detail": "user not found"}
+        assert client.get(f"/users/{uuid.uuid4()}").status_code == 404
+        assert client.get("/users/not-a-uuid").status_code == 422
+
+    assert task_run_count(prefect_server) == runs_before
+    app = App(url, db)
+    assert app.rows("SELECT * FROM users") == []
+    assert app.rows("SELECT * FROM jobs") == []
+
+
+def test_jobs_that_could_not_be_queued_are_queued_when_the_app_starts(
+    prefect_server, spawn, api_server, tmp_path
+):
+    # The Prefect server is unreachable from the app: .delay() fails after the commit.
+    unreachable = f"http://127.0.0.1:{free_port()}/api"
+    app, down = start_step(
+        prefect_server,
+        spawn,
+        api_server,
+        tmp_path,
+        PREFECT_API_URL=unreachable,
+        PREFECT_CLIENT_MAX_RETRIES="0",
+    )
+    port = int(app.url.rsplit(":", 1)[1])
+    runs_before = task_run_count(prefect_server)
+    with app.client() as client:
+        response = sign_up(client, "linus@example.com", "Linus")
+    assert response.status_code == 201, response.text
+    assert [job["status"] for job in response.json()["jobs"]] == ["not_queued"] * 3
+    assert task_run_count(prefect_server) == runs_before
+    assert app.rows("SELECT task_run_id FROM jobs") == [(None,)] * 3
+    down.stop()
+
+    # The next start of the app queues them, and they complete.
+    api_server(STEP, port=port, SIGNUP_DATABASE_URL=app.db)
+    with app.client() as client:
+        user = wait_for_jobs(client, response.headers["Location"])
+        inbox = client.get("/fake-mail/messages", params={"to": "linus@example.com"}).json()
+    assert [job["status"] for job in user["jobs"]] == ["completed"] * 3
+    assert len(inbox) == 1
+
+
+BROWSER_ARGS = [
+    *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+    *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_a_person_signs_up_in_the_browser_and_sees_every_job_complete(app, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(app.url)
+            page.get_by_placeholder("Your name").fill("Katherine Johnson")
+            page.get_by_placeholder("you@example.com").fill("katherine@example.com")
+            page.get_by_role("button", name="Sign up").click()
+
+            expect(page.locator("#message")).to_have_text(
+                "Welcome, Katherine Johnson! Your account is ready; we are setting up the rest."
+            )
+            expect(page.locator("#jobs li")).to_have_count(3)
+            for kind in KINDS:
+                job = page.locator(f'#jobs li[data-kind="{kind}"]')
+                expect(job).to_have_attribute("data-status", "completed", timeout=60_000)
+            expect(page.locator('#jobs li[data-kind="welcome_email"] .status')).to_have_text(
+                "completed (attempt 2)"
+            )
+            expect(page.locator("#inbox")).to_have_text(
+                'Inbox of katherine@example.com: "Welcome!"', timeout=10_000
+            )
+
+            # The same address again: the page shows the 409's message.
+            page.get_by_role("button", name="Sign up").click()
+            expect(page.locator("#message")).to_have_text(
+                "an account with this email already exists"
+            )
+            expect(page.locator("#message")).to_have_class("error")
+        finally:
+            browser.close()
+
+
+def test_submit_signs_up_watches_the_jobs_and_is_refused_the_second_time(prefect_server, app):
+    # Twice against the same database: each run signs up a fresh address.
+    for _ in range(2):
+        submit = prefect_server.run_script(STEP / "submit.py", API_URL=app.url)
+        assert submit.code == 0, submit.output
+        out = submit.output.splitlines()
+        assert re.match(r"POST /users -> 201 after \d+\.\d\d s$", out[0])
+        location = re.fullmatch(r"  Location: (/users/[0-9a-f-]{36})", out[1]).group(1)
+        assert re.fullmatch(r"  jobs: welcome_email \w+, workspace \w+, crm \w+", out[2])
+        assert "  welcome_email: completed after 2 attempt(s)" in out
+        assert "  workspace: completed after 1 attempt(s)" in out
+        assert "  crm: completed after 1 attempt(s)" in out
+        email = re.search(
+            r"^The mail provider holds 1 message\(s\) for (\S+)$", submit.output, re.M
+        )
+        assert email, submit.output
+        assert "  'Welcome!' (2 requests with its key)" in out
+        assert f"POST /users with {email.group(1).upper()} -> 409" in out
+        assert "  an account with this email already exists" in out
+        assert out[-1] == "Everything behaved as expected"
+        assert location in submit.output
+    assert len(App(app.url, app.db).rows("SELECT id FROM users")) == 2
