@@ -61,8 +61,12 @@ def enqueue(user_id: uuid.UUID | None = None) -> None:
     with Session(engine) as session:
         query = select(Job).where(Job.task_run_id.is_(None)).order_by(Job.id)
         for job in session.scalars(query if user_id is None else query.filter_by(user_id=user_id)):
-            # Only the id goes to the queue; the task reads the user from the database.
-            job.task_run_id = TASKS[job.kind].delay(job.user_id).task_run_id
+            try:
+                # Only the id goes to the queue; the task reads the user from the database.
+                job.task_run_id = TASKS[job.kind].delay(job.user_id).task_run_id
+            except Exception:  # the Prefect server is unreachable: leave the rest for later
+                logger.exception("Could not queue the %s job of user %s", job.kind, job.user_id)
+                return
             session.commit()
 
 
@@ -104,10 +108,7 @@ def sign_up(signup: Signup, response: Response) -> UserView:
             raise HTTPException(409, "an account with this email already exists") from None
     # 2. Then queue the tasks. If that fails, the account exists anyway and its jobs stay
     # not_queued until the app's next start queues them.
-    try:
-        enqueue(user_id)
-    except Exception:
-        logger.exception("Could not queue the jobs of user %s", user_id)
+    enqueue(user_id)
     response.headers["Location"] = f"/users/{user_id}"
     return read_user(user_id)
 
