@@ -60,7 +60,9 @@ def enqueue(user_id: uuid.UUID | None = None) -> None:
     """Queue the jobs not queued yet (all of them, or one user's), recording each run id."""
     with Session(engine) as session:
         query = select(Job).where(Job.task_run_id.is_(None)).order_by(Job.id)
-        for job in session.scalars(query if user_id is None else query.filter_by(user_id=user_id)):
+        if user_id is not None:
+            query = query.where(Job.user_id == user_id)
+        for job in session.scalars(query).all():
             try:
                 # Only the id goes to the queue; the task reads the user from the database.
                 job.task_run_id = TASKS[job.kind].delay(job.user_id).task_run_id
@@ -134,5 +136,7 @@ def read_user(user_id: uuid.UUID) -> UserView:
             views.append(JobView(kind=job.kind, status="not_queued"))
         else:
             status = STATUS[run.state.type] if run.state else "queued"
+            if run.state and run.state.name == "AwaitingRetry":
+                status = "running"  # a retry happens in place, on the same task server
             views.append(JobView(kind=job.kind, status=status, attempts=run.run_count))
     return UserView(id=user_id, email=user.email, name=user.name, jobs=views)
