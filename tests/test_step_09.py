@@ -33,11 +33,12 @@ class App:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
-    def rows(self, sql: str) -> list[tuple]:
+    def rows(self, sql: str, **params) -> list[tuple]:
         engine = create_engine(self.db)
         try:
-            with engine.connect() as connection:
-                return [tuple(row) for row in connection.execute(text(sql))]
+            with engine.begin() as connection:
+                result = connection.execute(text(sql), params)
+                return [tuple(row) for row in result] if result.returns_rows else []
         finally:
             engine.dispose()
 
@@ -153,13 +154,14 @@ def test_signup_answers_at_once_and_every_job_completes(prefect_server, app):
     assert prefect_server.result(runs["welcome_email"]) == inbox[0]["id"]
 
 
-# Submits two of the step's tasks again for a user, as a duplicated delivery would.
+# Submits the step's tasks again, as a re-queued job would: arguments "task_name:user_id".
 RESUBMIT = """
 import sys, uuid
 sys.path.insert(0, sys.argv[1])
-from tasks import send_welcome_email, set_up_workspace
-for task in (send_welcome_email, set_up_workspace):
-    print("run", task.delay(uuid.UUID(sys.argv[2])).task_run_id, flush=True)
+import tasks
+for arg in sys.argv[2:]:
+    name, user_id = arg.split(":")
+    print("run", getattr(tasks, name).delay(uuid.UUID(user_id)).task_run_id, flush=True)
 """
 
 
@@ -184,13 +186,24 @@ def test_duplicates_never_do_anything_twice(prefect_server, app, started):
         # The API reads runs only through a user's own jobs: a run id is no user id.
         assert client.get(f"/users/{first['crm']}").status_code == 404
 
+        # A user with no workspace yet, for two workspace runs queued at the same moment.
+        racer = uuid.uuid4()
+        app.rows(
+            "INSERT INTO users (id, email, name, created_at)"
+            " VALUES (:id, 'alan@example.com', 'Alan', CURRENT_TIMESTAMP)",
+            id=racer.hex,
+        )
+
         # The same tasks delivered again (a re-queued job): their effects are not repeated.
         env = {**prefect_server.env, "SIGNUP_DATABASE_URL": app.db, "API_URL": app.url}
-        argv = [sys.executable, "-c", RESUBMIT, str(STEP), user_id]
+        argv = [sys.executable, "-c", RESUBMIT, str(STEP)]
+        argv += [f"send_welcome_email:{user_id}", f"set_up_workspace:{user_id}"]
+        argv += [f"set_up_workspace:{racer}"] * 2
         started.append(resubmit := Process("resubmit", argv, env=env, echo=False))
         assert resubmit.wait(timeout=60) == 0, resubmit.output
-        email_run, workspace_run = re.findall(r"^run (\S+)$", resubmit.output, re.M)
-        wait_for_runs(prefect_server, [email_run, workspace_run])
+        run_ids = re.findall(r"^run (\S+)$", resubmit.output, re.M)
+        email_run, workspace_run, *racing_runs = run_ids
+        wait_for_runs(prefect_server, run_ids)
 
         inbox = client.get("/fake-mail/messages", params={"to": "grace@example.com"}).json()
 
@@ -204,7 +217,14 @@ def test_duplicates_never_do_anything_twice(prefect_server, app, started):
     assert prefect_server.result(workspace_run) == prefect_server.result(first["workspace"])
     assert len(inbox) == 1, inbox
     assert inbox[0]["requests"] == 3  # lost answer, retry, duplicate: one email
-    assert len(app.rows("SELECT id FROM workspaces")) == 1
+
+    # Two runs at once for a user without a workspace: one workspace, and both runs report it.
+    # Both usually look before either inserts (each takes 2 s in between); then the unique
+    # constraint fails one attempt and its retry finds the other's workspace.
+    assert [prefect_server.task_run(r)["state"]["type"] for r in racing_runs] == ["COMPLETED"] * 2
+    (workspace_id,) = app.rows("SELECT id FROM workspaces WHERE user_id = :u", u=racer.hex)[0]
+    assert [prefect_server.result(r) for r in racing_runs] == [str(uuid.UUID(workspace_id))] * 2
+    assert len(app.rows("SELECT id FROM workspaces")) == 2  # Grace's and Alan's
 
 
 def test_bad_bodies_are_422_and_unknown_users_404(prefect_server, api_server, tmp_path):

@@ -38,10 +38,10 @@ def send_welcome_email(user_id: uuid.UUID) -> str:
 @task(retries=3, retry_delay_seconds=1, log_prints=True)
 def set_up_workspace(user_id: uuid.UUID) -> str:
     user = load_user(user_id)
-    time.sleep(2)  # stands in for creating storage, default projects, ...
     with Session(engine) as session:
         workspace = session.scalar(select(Workspace).where(Workspace.user_id == user_id))
         if workspace is None:  # not made by an earlier attempt or a duplicate run
+            time.sleep(2)  # stands in for creating storage, named after the user id, ...
             workspace = Workspace(user_id=user_id, name=f"{user.name}'s workspace")
             session.add(workspace)
             session.commit()  # a concurrent duplicate fails here (unique user_id) and retries
