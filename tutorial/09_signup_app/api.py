@@ -4,8 +4,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
-from db import Base, Job, User, engine
-from fake_providers import router as fake_providers
 from fastapi import FastAPI, HTTPException, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -17,6 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db import Base, Job, User, engine
+from fake_providers import router as fake_providers
 from tasks import add_to_crm, send_welcome_email, set_up_workspace
 
 logger = logging.getLogger("signup")

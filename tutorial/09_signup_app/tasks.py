@@ -3,10 +3,11 @@ import time
 import uuid
 
 import httpx
-from db import User, Workspace, engine
 from prefect import task
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from db import User, Workspace, engine
 
 # Where the app (and its fake mail and CRM providers) listens.
 API_URL = os.environ.get("API_URL", "http://127.0.0.1:8000")

@@ -5,6 +5,7 @@ import random
 
 from arq import Retry, func
 from arq.connections import RedisSettings
+
 from thumbnails import create_thumbnail
 
 REDIS = RedisSettings.from_dsn(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))

@@ -1,7 +1,7 @@
 from prefect import flow, task
-from thumbnails import sample_upload
 
 from tasks import make_thumbnail
+from thumbnails import sample_upload
 
 
 @task

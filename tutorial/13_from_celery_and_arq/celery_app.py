@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+
 from thumbnails import create_thumbnail
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

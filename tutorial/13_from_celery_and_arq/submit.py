@@ -1,9 +1,8 @@
 import statistics
 import time
 
-from thumbnails import sample_upload
-
 from tasks import make_thumbnail
+from thumbnails import sample_upload
 
 if __name__ == "__main__":
     uploads = {f"photo-{n}.pgm": sample_upload(seed=n) for n in range(1, 9)}

@@ -3,6 +3,7 @@ import statistics
 import time
 
 from arq import create_pool
+
 from arq_app import REDIS
 from thumbnails import sample_upload
 

@@ -1,6 +1,7 @@
 from prefect import task
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
+
 from thumbnails import create_thumbnail
 
 
