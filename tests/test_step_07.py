@@ -1,0 +1,144 @@
+"""Step 07: global concurrency and rate limits hold background runs back."""
+
+import re
+import shutil
+import time
+
+import httpx
+from harness import step_dir
+
+STEP = step_dir(7)
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# A start is recorded a moment after the server granted its slot; allow this much.
+GRANT_TO_START = 0.5
+
+
+def most_at_once(spans):
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    open_now = peak = 0
+    for _, step in edges:
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
+
+
+def rate_limit_violations(starts, limit, per_second):
+    """Windows of starts that a bucket of `limit` slots, draining `per_second`, forbids.
+
+    A rate-limited acquisition adds a slot; the server removes floor(decay * seconds since
+    the limit's last update) at each update and never more, and grants only while the
+    slots stay <= limit. So the grants in any stretch of t seconds that begins with a grant
+    number at most limit + per_second * t. A start time is a grant time plus a little."""
+    starts = sorted(starts)
+    return [
+        (i, j)
+        for i in range(len(starts))
+        for j in range(i, len(starts))
+        if j - i + 1 > limit + per_second * (starts[j] - starts[i] + GRANT_TO_START)
+    ]
+
+
+def eventually(read, done, timeout=60):
+    """Poll `read()` until `done(value)`, then return the value; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not done(value := read()):
+        assert time.monotonic() < deadline, f"gave up waiting; last value: {value!r}"
+        time.sleep(0.2)
+    return value
+
+
+def received(server, task_name, count):
+    """The ids of the runs of `task_name` the task server received, once there are `count`."""
+    pattern = re.compile(rf"Received task run: ({UUID}) - {task_name}$", re.M)
+    return eventually(lambda: pattern.findall(server.output), lambda ids: len(ids) >= count)
+
+
+def start_queued_first(spawn, task_server, folder):
+    """Queue the first batch before the task server starts, so the runs compete for the
+    limits at once instead of trickling in at the submitter's pace."""
+    submit = spawn(folder / "submit.py")
+    submit.wait_for_line(r"^submitted 6 runs of check_stock$", timeout=120)
+    server = task_server(folder / "task_server.py")
+    return submit, server
+
+
+def test_limits_hold_the_runs_back(prefect_server, spawn, task_server):
+    submit, server = start_queued_first(spawn, task_server, STEP)
+    assert submit.wait(timeout=180) == 0, submit.output
+
+    # The task server created both limits (or found them from an earlier run).
+    limits = {
+        name: prefect_server.api("GET", f"/v2/concurrency_limits/{name}")
+        for name in ("inventory-service", "sms-provider")
+    }
+    assert limits["inventory-service"]["limit"] == 3
+    assert limits["inventory-service"]["slot_decay_per_second"] == 0
+    assert limits["sms-provider"]["limit"] == 2
+    assert limits["sms-provider"]["slot_decay_per_second"] == 1.0
+    assert limits["inventory-service"]["active_slots"] == 0  # every slot was given back
+
+    stock = [prefect_server.result(i) for i in received(server, "check_stock", 6)]
+    peak = most_at_once([(r["started"], r["ended"]) for r in stock])
+    assert peak == 3  # never more than the limit, and the limit was reached
+    assert "check_stock: at most 3 ran at the same time (limit: 3)" in submit.output
+
+    sms = [prefect_server.result(i)["started"] for i in received(server, "send_sms", 5)]
+    assert rate_limit_violations(sms, limit=2, per_second=1.0) == []
+    assert re.search(r"^send_sms: 5 runs started over \d+\.\d\d s", submit.output, re.M)
+
+
+def test_the_checks_fail_without_the_limits():
+    """The same checks on made-up timings: all at once breaks both."""
+    at_once = [(0.0, 2.0)] * 9
+    assert most_at_once(at_once) == 9
+    assert rate_limit_violations([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 2, 1.0)
+    assert not rate_limit_violations([0.0, 0.0, 1.0, 2.0, 3.0, 4.0], 2, 1.0)
+
+
+def set_limit(prefect_server, name, limit):
+    """Create the global concurrency limit `name`, or change it, behind the step's back."""
+    url = f"{prefect_server.api_url}/v2/concurrency_limits/"
+    response = httpx.patch(f"{url}{name}", json={"limit": limit}, timeout=30)
+    if response.status_code == 404:
+        response = httpx.post(url, json={"name": name, "limit": limit}, timeout=30)
+    response.raise_for_status()
+
+
+def test_a_missing_limit_is_skipped_unless_strict(prefect_server, spawn, task_server, tmp_path):
+    """concurrency() on a limit that does not exist runs unlimited with a warning;
+    with strict=True (as rate_limit here) the run fails instead."""
+    # The limit exists already, with another value: the task server puts it back to 3.
+    set_limit(prefect_server, "inventory-service", 5)
+
+    for name in ("tasks.py", "task_server.py", "submit.py"):
+        shutil.copy(STEP / name, tmp_path / name)
+    tasks = (tmp_path / "tasks.py").read_text()
+    for old, new in [
+        ("concurrency(INVENTORY_LIMIT, strict=True)", 'concurrency("no-such-limit")'),
+        ("rate_limit(SMS_RATE_LIMIT, strict=True)", 'rate_limit("no-such-rate", strict=True)'),
+    ]:
+        assert tasks.count(old) == 1
+        tasks = tasks.replace(old, new)
+    (tmp_path / "tasks.py").write_text(tasks)
+
+    submit, server = start_queued_first(spawn, task_server, tmp_path)
+    limits = prefect_server.api("POST", "/v2/concurrency_limits/filter", json={})
+    inventory = [limit for limit in limits if limit["name"] == "inventory-service"]
+    assert [limit["limit"] for limit in inventory] == [3]
+
+    assert submit.wait(timeout=180) == 1, submit.output
+
+    stock = [prefect_server.result(i) for i in received(server, "check_stock", 6)]
+    assert most_at_once([(r["started"], r["ended"]) for r in stock]) > 3
+    server.wait_for_line(
+        r"Concurrency limits \['no-such-limit'\] do not exist - skipping acquisition", timeout=10
+    )
+
+    for run_id in received(server, "send_sms", 5):
+        run = eventually(
+            lambda run_id=run_id: prefect_server.task_run(run_id),
+            lambda run: run["state"]["type"] not in ("SCHEDULED", "PENDING", "RUNNING"),
+        )
+        assert run["state"]["type"] == "FAILED"
+        assert "must be created before acquiring slots" in run["state"]["message"]
+    assert "ConcurrencySlotAcquisitionError" in submit.output

@@ -1,0 +1,7 @@
+from prefect.task_worker import serve
+
+from tasks import fetch_report
+
+if __name__ == "__main__":
+    # Async runs are coroutines on one event loop, not threads: a high limit is cheap.
+    serve(fetch_report, limit=100)
