@@ -1,0 +1,90 @@
+from typing import Literal
+from uuid import UUID
+
+from fastapi import FastAPI, HTTPException, Response
+from fastapi.concurrency import run_in_threadpool
+from prefect import tags
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel, Field
+
+from tasks import Document, DocumentScore, score_document
+
+# Every run this API submits carries this tag; GET /jobs/{id} shows no other run.
+JOB_TAG = "api:score_document"
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+# Our own small vocabulary, so clients never depend on Prefect's state names.
+STATUS: dict[StateType, JobStatus] = {
+    StateType.SCHEDULED: "queued",  # waiting for a task server
+    StateType.PENDING: "running",  # a task server has it
+    StateType.RUNNING: "running",
+    StateType.PAUSED: "running",
+    StateType.COMPLETED: "completed",  # also Prefect's "Cached"
+    StateType.FAILED: "failed",  # also "TimedOut"
+    StateType.CRASHED: "failed",
+    StateType.CANCELLING: "cancelled",
+    StateType.CANCELLED: "cancelled",
+}
+
+
+class Job(BaseModel):
+    id: UUID = Field(description="The job's id: its Prefect task run id")
+    status: JobStatus
+    result: DocumentScore | None = Field(None, description="Set once the job is completed")
+    error: str | None = Field(None, description="Why the job failed, once it has")
+
+
+class NotFound(BaseModel):
+    detail: str = Field(examples=["job not found"])
+
+
+app = FastAPI(title="Document scoring", description="Score documents in the background.")
+
+
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def submit(document: Document) -> UUID:
+    # .delay() is synchronous and does network and disk I/O: keep it off the event loop.
+    with tags(JOB_TAG):
+        return score_document.delay(document).task_run_id
+
+
+@app.post(
+    "/jobs",
+    status_code=202,
+    responses={202: {"headers": {"Location": {"description": "Where to poll the job"}}}},
+)
+async def create_job(document: Document, response: Response) -> Job:
+    job_id = await run_in_threadpool(submit, document)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return Job(id=job_id, status="queued")
+
+
+@app.get("/jobs/{job_id}", responses={404: {"model": NotFound}})
+async def read_job(job_id: UUID) -> Job:
+    async with get_client() as client:
+        try:
+            run = await client.read_task_run(job_id)
+        except ObjectNotFound:
+            run = None
+    # Other runs on the same Prefect server are not ours to show: same answer as unknown ids.
+    if run is None or JOB_TAG not in run.tags:
+        raise HTTPException(status_code=404, detail="job not found")
+
+    # Read the state once and answer: never wait for the run here.
+    state = run.state
+    job = Job(id=run.id, status=STATUS[state.type] if state else "queued")
+    if state and state.name == "AwaitingRetry":
+        job.status = "running"  # a retry happens in place, on the same task server
+    if job.status == "completed":
+        # Loads the result file the task server wrote: the app needs the same result storage.
+        job.result = DocumentScore.model_validate(await state.aresult())
+    elif job.status == "failed":
+        job.error = state.message
+    return job
