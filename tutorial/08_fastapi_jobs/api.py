@@ -11,7 +11,9 @@ from pydantic import BaseModel, Field
 
 from tasks import Document, DocumentScore, score_document
 
-# Every run this API submits carries this tag; GET /jobs/{id} shows no other run.
+# Every run this API submits carries this tag, and GET /jobs/{id} shows no other run. Not the
+# task key: it changes with every change to the task's code, so jobs submitted before a deploy
+# would vanish.
 JOB_TAG = "api:score_document"
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
@@ -31,10 +33,19 @@ STATUS: dict[StateType, JobStatus] = {
 
 
 class Job(BaseModel):
-    id: UUID = Field(description="The job's id: its Prefect task run id")
+    id: UUID = Field(
+        description="The job's id: its Prefect task run id",
+        examples=["7cf49c6e-8db6-4af8-bb9f-7352c9f6dd00"],
+    )
     status: JobStatus
     result: DocumentScore | None = Field(None, description="Set once the job is completed")
-    error: str | None = Field(None, description="Why the job failed, once it has")
+    error: str | None = Field(
+        None,
+        description="Why the job failed, once it has",
+        examples=[
+            "Task run encountered an exception ValueError: 'Notes' does not look like English text"
+        ],
+    )
 
 
 class NotFound(BaseModel):
