@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from harness import step_dir
+from prefect.client.schemas.objects import StateType
 
 from tutorial.runner import (
     Process,
@@ -216,6 +217,12 @@ def test_only_this_apis_runs_are_visible(prefect_server, app, tmp_path):
     assert older["task_key"].startswith("score_document-")
     assert older["task_key"] != prefect_server.task_run(ids["untagged"])["task_key"]
     assert "result(" not in (STEP / "api.py").read_text().replace("aresult(", "")
+
+
+def test_every_prefect_state_type_has_a_status():
+    """A state type missing from STATUS would turn GET /jobs/{id} into a 500."""
+    mapped = re.findall(r"^    StateType\.(\w+): ", (STEP / "api.py").read_text(), re.M)
+    assert sorted(mapped) == sorted(StateType.__members__)
 
 
 def test_openapi_documents_the_models(app):
