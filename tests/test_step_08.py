@@ -33,6 +33,14 @@ ENGLISH = {
 GERMAN = {"title": "Versionshinweise", "text": "Die neue Version ist schneller."}
 
 
+def count_runs(prefect_server, **task_run_filter) -> int:
+    body = {"task_runs": task_run_filter} if task_run_filter else {}
+    return prefect_server.api("POST", "/task_runs/count", json=body)
+
+
+# --- the app and its task server ------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def app(prefect_server) -> Iterator[str]:
     """The step's task server and app (api.py under uvicorn), started side by side once for
@@ -63,11 +71,6 @@ def poll_job(client: httpx.Client, location: str, timeout: float = 60) -> list[d
             return answers
         time.sleep(0.2)
     raise AssertionError(f"{location} not final within {timeout} s: {answers[-1]}")
-
-
-def count_runs(prefect_server, **task_run_filter) -> int:
-    body = {"task_runs": task_run_filter} if task_run_filter else {}
-    return prefect_server.api("POST", "/task_runs/count", json=body)
 
 
 def test_a_job_runs_on_the_task_server_and_its_result_comes_back(prefect_server, app):
@@ -316,7 +319,7 @@ def test_submitting_keeps_the_event_loop_free(prefect_server, app, started):
     """The step's POST /jobs (.delay() in the threadpool) against the same app's
     /blocking-jobs (tests/blocking_api_08.py: .delay() called on the event loop), side by
     side in one uvicorn process: how long /health waits while 10 jobs are submitted at once.
-    (`app` is here for its task server, which runs the submitted jobs.)"""
+    The step's task server (from `app`) is subscribed throughout and runs the jobs."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "uvicorn", "blocking_api_08:app", "--app-dir", "tests"]
@@ -344,5 +347,8 @@ def test_submitting_keeps_the_event_loop_free(prefect_server, app, started):
     deadline = time.monotonic() + 90
     ours = {"any_": [warm_up.json()["id"], *ids, *more_ids]}
     while count_runs(prefect_server, id=ours, state={"type": {"any_": ["COMPLETED"]}}) < 21:
-        assert time.monotonic() < deadline, "the submitted jobs did not finish"
+        if time.monotonic() > deadline:
+            runs = prefect_server.api("POST", "/task_runs/filter", json={"task_runs": {"id": ours}})
+            states = sorted(r["state"]["name"] for r in runs)
+            raise AssertionError(f"the submitted jobs did not finish: {states}")
         time.sleep(0.5)
