@@ -319,7 +319,8 @@ def test_submitting_keeps_the_event_loop_free(prefect_server, app, started):
     """The step's POST /jobs (.delay() in the threadpool) against the same app's
     /blocking-jobs (tests/blocking_api_08.py: .delay() called on the event loop), side by
     side in one uvicorn process: how long /health waits while 10 jobs are submitted at once.
-    The step's task server (from `app`) is subscribed throughout and runs the jobs."""
+    The step's task server (from `app`) is subscribed throughout and runs the jobs: a task
+    server started only after 20 runs were queued sometimes ran none of them (see the lesson)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "uvicorn", "blocking_api_08:app", "--app-dir", "tests"]
