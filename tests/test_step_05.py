@@ -30,8 +30,8 @@ def timestamps(prefect_server, run_id: str) -> dict[str, datetime]:
     return {s["name"]: datetime.fromisoformat(s["timestamp"]) for s in states}
 
 
-def work_log(prefect_server) -> list[str]:
-    path = prefect_server.home / "work_log.txt"
+def work_log(home) -> list[str]:
+    path = home / "work_log.txt"
     return path.read_text().splitlines() if path.exists() else []
 
 
@@ -42,11 +42,14 @@ def check_api_states(prefect_server, runs: list[dict[str, str]]) -> None:
         assert prefect_server.state_names(run["id"])[-1] == run["state"]
 
 
-def test_cached_runs_do_not_run_the_body_again(prefect_server, task_server):
-    first_server = task_server(STEP / "task_server.py")
-    before = len(work_log(prefect_server))
+def test_cached_runs_do_not_run_the_body_again(prefect_server, task_server, tmp_path):
+    # A home of its own: cache records, locks and the work log of earlier runs of this step
+    # in the session (the runner's test runs it too) must not make the first run Cached.
+    home = tmp_path / "home"
+    first_server = task_server(STEP / "task_server.py", PREFECT_HOME=str(home))
+    before = len(work_log(home))
 
-    first = prefect_server.run_script(STEP / "submit.py", timeout=90)
+    first = prefect_server.run_script(STEP / "submit.py", timeout=90, PREFECT_HOME=str(home))
 
     assert first.code == 0, first.output
     runs = outcomes(first.output)
@@ -93,7 +96,7 @@ def test_cached_runs_do_not_run_the_body_again(prefect_server, task_server):
     assert [r["state"] for r in visits] == ["Completed", "Completed"]
 
     # The bodies that ran, as the work log records them.
-    done = work_log(prefect_server)[before:]
+    done = work_log(home)[before:]
     assert [line.lower() for line in done] == [
         "built the report for 2026-11-25",
         "sent a welcome email to ada@example.com",
@@ -105,16 +108,16 @@ def test_cached_runs_do_not_run_the_body_again(prefect_server, task_server):
     # Run it again with a new task server process: the records are in result storage, so
     # every report and email is Cached and only the visits do work.
     first_server.stop()
-    task_server(STEP / "task_server.py")
-    before = len(work_log(prefect_server))
+    task_server(STEP / "task_server.py", PREFECT_HOME=str(home))
+    before = len(work_log(home))
 
-    second = prefect_server.run_script(STEP / "submit.py", timeout=90)
+    second = prefect_server.run_script(STEP / "submit.py", timeout=90, PREFECT_HOME=str(home))
 
     assert second.code == 0, second.output
     runs = outcomes(second.output)
     check_api_states(prefect_server, runs)
     assert [r["state"] for r in runs] == ["Cached"] * 4 + ["Completed"] * 2
-    assert work_log(prefect_server)[before:] == ["counted a visit to /pricing"] * 2
+    assert work_log(home)[before:] == ["counted a visit to /pricing"] * 2
     assert "welcome emails ever sent to ada@example.com: 1" in second.output
 
 
