@@ -3,6 +3,7 @@ and the task runs read back from the Prefect API."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from tutorial.runner import ROOT, Process, Step, free_port, server_is_up, uvicor
 
 STEPS_DIR = ROOT / "tutorial"
 SERVER_START_TIMEOUT = 180.0
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -30,6 +32,34 @@ def clean_env(**settings: str) -> dict[str, str]:
 def step_dir(number: int) -> Path:
     (path,) = STEPS_DIR.glob(f"{number:02d}_*")
     return path
+
+
+@contextmanager
+def step_tasks(step: Path) -> Iterator[Any]:
+    """The step's tasks.py importable as `tasks`, as the scripts see it, to unpickle results."""
+    spec = importlib.util.spec_from_file_location("tasks", step / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = sys.modules.get("tasks")
+    sys.modules["tasks"] = module
+    try:
+        yield module
+    finally:
+        if saved is None:
+            del sys.modules["tasks"]
+        else:
+            sys.modules["tasks"] = saved
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) intervals open at one moment; touching ones (one
+    ends when the next starts) do not overlap."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    open_now = most = 0
+    for _, change in edges:
+        open_now += change
+        most = max(most, open_now)
+    return most
 
 
 @dataclass

@@ -3,10 +3,9 @@
 import importlib.util
 import re
 
-from harness import step_dir
+from harness import UUID, step_dir
 
 STEP = step_dir(1)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def test_delay_runs_on_the_task_server(prefect_server, task_server):

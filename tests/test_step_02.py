@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from harness import step_dir
+from harness import UUID, step_dir, step_tasks
 
 STEP = step_dir(2)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 INVOICE = "Invoice(order_id=42, total_cents=2499, currency='EUR')"
-
-
-@contextmanager
-def step_tasks(step: Path):
-    """The step's tasks.py importable as `tasks`, as the scripts see it, to unpickle results."""
-    spec = importlib.util.spec_from_file_location("tasks", step / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    saved = sys.modules.get("tasks")
-    sys.modules["tasks"] = module
-    try:
-        yield module
-    finally:
-        if saved is None:
-            del sys.modules["tasks"]
-        else:
-            sys.modules["tasks"] = saved
 
 
 def latest_run(prefect_server, name: str) -> dict:

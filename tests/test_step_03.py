@@ -5,43 +5,12 @@ from __future__ import annotations
 import importlib.util
 import re
 import socket
-import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
-from harness import step_dir
+from harness import UUID, most_at_once, step_dir, step_tasks
 
 STEP = step_dir(3)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 LIMITS = {"task_server.py": 3, "task_server_small.py": 2}
-
-
-@contextmanager
-def step_tasks(step: Path):
-    """The step's tasks.py importable as `tasks`, as the scripts see it, to unpickle results."""
-    spec = importlib.util.spec_from_file_location("tasks", step / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    saved = sys.modules.get("tasks")
-    sys.modules["tasks"] = module
-    try:
-        yield module
-    finally:
-        if saved is None:
-            del sys.modules["tasks"]
-        else:
-            sys.modules["tasks"] = saved
-
-
-def most_at_once(intervals: list[tuple[float, float]]) -> int:
-    """The largest number of intervals open at one moment; touching ones do not overlap."""
-    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    open_now = most = 0
-    for _, change in edges:
-        open_now += change
-        most = max(most, open_now)
-    return most
 
 
 def server_id(process) -> str:

@@ -7,10 +7,9 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 
-from harness import step_dir
+from harness import UUID, step_dir
 
 STEP = step_dir(4)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def outcome(output: str, call: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ import asyncio
 import re
 from datetime import datetime
 
-from harness import step_dir
+from harness import UUID, step_dir
 from prefect import task
 from prefect.cache_policies import DEFAULT, INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.settings import (
@@ -17,7 +17,6 @@ from prefect.settings import (
 from prefect.task_worker import TaskWorker
 
 STEP = step_dir(5)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 LINE = re.compile(rf"^(?P<call>.+): (?P<state>\w+) -> (?P<result>.+) \(task run (?P<id>{UUID})\)$")
 
 

@@ -4,22 +4,12 @@ import re
 import shutil
 import time
 
-from harness import step_dir
+from harness import UUID, most_at_once, step_dir
 
 STEP = step_dir(6)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 SUMMARY = (
     r"^(\d+) runs in (\d+) process\(es\), on (\d+) thread\(s\); at most (\d+) ran at the same time$"
 )
-
-
-def most_at_once(spans):
-    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    open_now = peak = 0
-    for _, step in edges:
-        open_now += step
-        peak = max(peak, open_now)
-    return peak
 
 
 def run_queued_first(prefect_server, spawn, task_server, folder, runs):

@@ -5,21 +5,11 @@ import shutil
 import time
 
 import httpx
-from harness import step_dir
+from harness import UUID, most_at_once, step_dir
 
 STEP = step_dir(7)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # A start is recorded a moment after the server granted its slot; allow this much.
 GRANT_TO_START = 0.5
-
-
-def most_at_once(spans):
-    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    open_now = peak = 0
-    for _, step in edges:
-        open_now += step
-        peak = max(peak, open_now)
-    return peak
 
 
 def rate_limit_violations(starts, limit, per_second):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from harness import step_dir
+from harness import UUID, step_dir
 from prefect.client.schemas.objects import StateType
 
 from tutorial.runner import (
@@ -23,7 +23,6 @@ from tutorial.runner import (
 )
 
 STEP = step_dir(8)
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 JOB_TAG = "api:score_document"
 FINAL = {"completed", "failed", "cancelled"}
 ENGLISH = {

@@ -15,13 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from harness import clean_env, step_dir
+from harness import UUID, clean_env, step_dir
 
 from tutorial.runner import Process, free_port
 
 STEP = step_dir(13)
 BIN = Path(sys.executable).parent
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 RESULT_LINE = re.compile(r"^photo-\d\.pgm: .*$", re.M)
 
 
