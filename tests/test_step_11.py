@@ -1,0 +1,317 @@
+"""Step 11: nothing is lost when a task server dies or the Prefect server restarts.
+
+The tests that restart a Prefect server or run recover.py use servers of their own, so the
+session's server and the other steps' runs are never touched."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import SERVER_START_TIMEOUT, PrefectServer, clean_env, step_dir
+
+from tutorial.runner import Process, free_port, server_is_up, wait_until_subscribed
+
+STEP = step_dir(11)
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# Submits one job per order id given, from the tasks.py in the folder given first.
+SUBMITTER = """\
+import sys
+
+sys.path.insert(0, sys.argv[1])
+from tasks import charge_order
+
+for order_id in sys.argv[2:]:
+    future = charge_order.delay(order_id, 100)
+    print(f"submitted {order_id} {future.task_run_id}", flush=True)
+"""
+
+
+# --- a Prefect server of our own, which a test may restart ---------------------------
+
+
+def _serve(server: PrefectServer, port: int, log_name: str) -> Process:
+    argv = [sys.executable, "-m", "prefect", "server", "start"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--no-ui"]
+    log_file = server.home / log_name
+    process = Process("server", argv, env=server.env, log_file=log_file)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while not server_is_up(server.api_url):
+        if not process.running() or time.monotonic() > deadline:
+            process.stop()
+            raise RuntimeError(f"Prefect server did not start:\n{log_file.read_text()}")
+        time.sleep(0.25)
+    return process
+
+
+@contextmanager
+def own_server(home: Path, **settings: str) -> Iterator[PrefectServer]:
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home), **settings)
+    server = PrefectServer(api_url, home, None, env)
+    server.port = port
+    server.restarts = 0
+    server.process = _serve(server, port, "server.log")
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+def restart(server: PrefectServer) -> None:
+    """Stop the server and start it again on the same port and home (same database)."""
+    server.process.stop()
+    server.restarts += 1
+    server.process = _serve(server, server.port, f"server-{server.restarts}.log")
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    with own_server(tmp_path_factory.mktemp("reliability-home")) as server:
+        yield server
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def state(server: PrefectServer, run_id: str) -> str:
+    return server.task_run(run_id)["state"]["type"]
+
+
+def submit(server, started, tmp_path, *orders, tasks_dir=STEP, **env) -> Process:
+    script = tmp_path / "submitter.py"
+    script.write_text(SUBMITTER)
+    process = Process(
+        "submitter",
+        [sys.executable, str(script), str(tasks_dir), *orders],
+        env={**server.env, **env},
+        echo=False,
+    )
+    started.append(process)
+    return process
+
+
+def submitted(process: Process, order_id: str, timeout: float = 120) -> str:
+    return process.wait_for_line(rf"^submitted {order_id} ({UUID})$", timeout).group(1)
+
+
+def ledger(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(payments per order, executions per order) recorded by charge_order."""
+    with sqlite3.connect(path) as db:
+        payments = dict(db.execute("SELECT order_id, COUNT(*) FROM payments GROUP BY 1"))
+        attempts = dict(db.execute("SELECT order_id, COUNT(*) FROM attempts GROUP BY 1"))
+    return payments, attempts
+
+
+def start_task_server(server, started, **env) -> Process:
+    process = server.spawn(STEP / "task_server.py", **env)
+    started.append(process)
+    wait_until_subscribed(server.api_url, process)
+    return process
+
+
+def recover(server, started, *args: str) -> Process:
+    """Start recover.py with these flags; with --once, wait for its pass to end."""
+    argv = [sys.executable, str(STEP / "recover.py"), *args]
+    process = Process("recover", argv, env=server.env, echo=False)
+    started.append(process)
+    if "--once" in args:
+        assert process.wait(timeout=120) == 0, process.output
+    return process
+
+
+def history(server: PrefectServer, run_id: str) -> list[str]:
+    return server.state_names(run_id)
+
+
+# --- graceful shutdown ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_task_server_after_its_runs_finish(
+    prefect_server, task_server, started, tmp_path, sig
+):
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    server = task_server(STEP / "task_server.py", PAYMENT_LATENCY="4", **env)
+    submitter = submit(prefect_server, started, tmp_path, "a-1", "a-2")
+    first, second = submitted(submitter, "a-1"), submitted(submitter, "a-2")
+    for run_id in (first, second):
+        server.wait_for_line(rf"Submitting task run .*{run_id}", timeout=60)
+
+    os.kill(server.pid, sig)
+    server.wait_for_line(r"Stopping: no new runs; waiting for 2 in flight", timeout=10)
+    late = submitted(submit(prefect_server, started, tmp_path, "a-3"), "a-3")
+
+    assert server.wait(timeout=60) == 0, server.output
+    assert "Stopped: every run it took has finished" in server.output
+    # The final states reached the API before the process exited.
+    for run_id in (first, second):
+        wait_for(lambda r=run_id: state(prefect_server, r) == "COMPLETED", 30, run_id)
+        assert history(prefect_server, run_id) == ["Scheduled", "Pending", "Running", "Completed"]
+    # The run submitted after the signal was not taken: another task server gets it.
+    assert late not in server.output
+    assert history(prefect_server, late) == ["Scheduled"]
+    task_server(STEP / "task_server.py", **env)
+    wait_for(lambda: state(prefect_server, late) == "COMPLETED", 60, "the late run")
+    payments, attempts = ledger(tmp_path / "ledger.db")
+    assert payments == attempts == {"a-1": 1, "a-2": 1, "a-3": 1}
+
+
+# --- what Prefect does not recover by itself, and what recover.py does -----------------
+
+
+def test_a_killed_task_server_strands_its_runs_until_recover_requeues_them(own, started, tmp_path):
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    doomed = start_task_server(own, started, PAYMENT_LATENCY="60", **env)
+    submitter = submit(own, started, tmp_path, "k-1", "k-2")
+    stranded = [submitted(submitter, "k-1"), submitted(submitter, "k-2")]
+    for run_id in stranded:
+        doomed.wait_for_line(rf"Submitting task run .*{run_id}", timeout=60)
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=10)
+
+    # Another task server takes new runs, but nothing delivers the killed server's again.
+    start_task_server(own, started, **env)
+    fresh = submitted(submit(own, started, tmp_path, "k-3"), "k-3")
+    wait_for(lambda: state(own, fresh) == "COMPLETED", 60, "a fresh run")
+    for run_id in stranded:
+        wait_for(lambda r=run_id: state(own, r) in {"PENDING", "RUNNING"}, 30, run_id)
+
+    reconciler = recover(own, started, "--once", "--running-after", "0")
+    for run_id in stranded:
+        assert re.search(rf"{run_id}: re-enqueued \((Pending|Running) since", reconciler.output)
+        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", 60, run_id)
+        names = history(own, run_id)
+        assert names[:2] == ["Scheduled", "Pending"] and names[-1] == "Completed", names
+        assert "Requeued" in names, names
+    assert fresh not in reconciler.output  # a Completed run is never touched
+    payments, attempts = ledger(tmp_path / "ledger.db")
+    # The killed server died before its payments: each order was charged once.
+    assert payments == attempts == {"k-1": 1, "k-2": 1, "k-3": 1}
+
+
+def test_a_server_restart_strands_scheduled_runs_until_recover_requeues_them(
+    own, started, tmp_path
+):
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    submitter = submit(own, started, tmp_path, "r-1", "r-2", "r-3")
+    queued = [submitted(submitter, f"r-{n}") for n in (1, 2, 3)]
+    assert submitter.wait(timeout=60) == 0
+
+    restart(own)  # the queue of scheduled runs lived in the old server's memory
+
+    start_task_server(own, started, **env)
+    fresh = submitted(submit(own, started, tmp_path, "r-4"), "r-4")
+    wait_for(lambda: state(own, fresh) == "COMPLETED", 60, "a fresh run")
+    assert [history(own, run_id) for run_id in queued] == [["Scheduled"]] * 3
+
+    reconciler = recover(own, started, "--once", "--scheduled-after", "0")
+    for run_id in queued:
+        assert f"{run_id}: re-enqueued (Scheduled since" in reconciler.output
+        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", 60, run_id)
+        assert history(own, run_id) == ["Scheduled", "Requeued", "Pending", "Running", "Completed"]
+    payments, attempts = ledger(tmp_path / "ledger.db")
+    assert payments == attempts == {f"r-{n}": 1 for n in (1, 2, 3, 4)}
+
+
+def test_runs_nobody_serves_are_reported_not_requeued(own, started, tmp_path):
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    start_task_server(own, started, **env)
+    # The submitter runs another version of tasks.py: its task key differs.
+    other = tmp_path / "other_version"
+    other.mkdir()
+    (other / "tasks.py").write_text("\n" + (STEP / "tasks.py").read_text())
+    submitter = submit(own, started, tmp_path, "u-1", tasks_dir=other, **env)
+    run_id = submitted(submitter, "u-1")
+    key = own.task_run(run_id)["task_key"]
+
+    reconciler = recover(own, started, "--once", "--scheduled-after", "0")
+
+    assert f"no task server serves {key} right now: 1 stranded runs left as they are" in (
+        reconciler.output
+    )
+    assert run_id not in reconciler.output
+    assert history(own, run_id) == ["Scheduled"]
+    httpx.delete(f"{own.api_url}/task_runs/{run_id}", timeout=30).raise_for_status()
+
+
+# --- a full queue blocks the submitter ---------------------------------------------------
+
+
+def test_a_full_queue_blocks_delay_until_a_task_server_drains_it(
+    tmp_path_factory, started, tmp_path
+):
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    home = tmp_path_factory.mktemp("small-queue-home")
+    with own_server(home, PREFECT_SERVER_TASKS_SCHEDULING_MAX_SCHEDULED_QUEUE_SIZE="5") as server:
+        orders = [f"q-{n}" for n in range(1, 9)]
+        submitter = submit(server, started, tmp_path, *orders)
+        run_ids = [submitted(submitter, order_id) for order_id in orders[:5]]
+        # The sixth .delay() waits for room in the queue: it does not fail, it blocks.
+        with pytest.raises(TimeoutError):
+            submitted(submitter, "q-6", timeout=15)
+        assert submitter.running()
+
+        start_task_server(server, started, **env)
+        run_ids += [submitted(submitter, order_id) for order_id in orders[5:]]
+        assert submitter.wait(timeout=120) == 0, submitter.output
+        for run_id in run_ids:
+            wait_for(lambda r=run_id: state(server, r) == "COMPLETED", 60, run_id)
+    payments, attempts = ledger(tmp_path / "ledger.db")
+    assert payments == attempts == {order_id: 1 for order_id in orders}
+
+
+# --- chaos: task servers killed and the Prefect server restarted while jobs run ----------
+
+
+def figure(output: str, name: str) -> int:
+    return int(re.search(rf"^{name}:\s+(\d+)", output, re.M).group(1))
+
+
+def test_chaos_loses_nothing_and_charges_nothing_twice(own, started, tmp_path):
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    start_task_server(own, started, **env)
+    # A second reconciler beside the one submit.py starts: two at once must be safe.
+    fast = ["--scheduled-after", "20", "--running-after", "10", "--interval", "2"]
+    second = recover(own, started, *fast)
+    began = time.monotonic()
+    submit_py = own.spawn(STEP / "submit.py", JOBS="200", **env)
+    started.append(submit_py)
+
+    # Restart the Prefect server once a task server has been killed, while jobs run.
+    submit_py.wait_for_line(r"killed task server \d+ \(SIGKILL\)", timeout=300)
+    restart(own)
+
+    assert submit_py.wait(timeout=900) == 0, submit_py.output
+    out = submit_py.output
+    print(f"chaos: {time.monotonic() - began:.0f} s")
+    assert figure(out, "jobs submitted") == 200
+    assert figure(out, "task servers killed") == 2
+    assert figure(out, "runs Completed") == 200
+    assert figure(out, "jobs lost") == 0
+    assert figure(out, "double charges") == 0
+    requeued = figure(out, "runs re-enqueued") + second.output.count("re-enqueued (")
+    assert requeued >= 1, out
+    # Read the ledger ourselves: 200 orders, each charged exactly once.
+    payments, attempts = ledger(tmp_path / "ledger.db")
+    assert len(payments) == 200 and set(payments.values()) == {1}
+    assert set(attempts) == set(payments)
+    print(f"chaos: re-enqueued {requeued}, ran twice {sum(n > 1 for n in attempts.values())}")
