@@ -175,6 +175,22 @@ def test_a_signal_stops_the_task_server_after_its_runs_finish(
     assert payments == attempts == {"a-1": 1, "a-2": 1, "a-3": 1}
 
 
+def test_a_run_that_outlasts_the_grace_period_is_left_running(
+    prefect_server, task_server, started, tmp_path
+):
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db"), "TASK_SERVER_GRACE": "2"}
+    server = task_server(STEP / "task_server.py", PAYMENT_LATENCY="30", **env)
+    run_id = submitted(submit(prefect_server, started, tmp_path, "g-1"), "g-1")
+    server.wait_for_line(rf"Submitting task run .*{run_id}", timeout=60)
+
+    os.kill(server.pid, signal.SIGTERM)
+
+    assert server.wait(timeout=60) == 1, server.output
+    assert "1 runs still running after 2 s" in server.output
+    wait_for(lambda: state(prefect_server, run_id) == "RUNNING", 30, run_id)
+    assert not (tmp_path / "ledger.db").exists()  # the charge never happened
+
+
 # --- what Prefect does not recover by itself, and what recover.py does -----------------
 
 

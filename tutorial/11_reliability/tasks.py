@@ -14,7 +14,7 @@ LATENCY = os.environ.get("PAYMENT_LATENCY")
 
 def ledger() -> sqlite3.Connection:
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(LEDGER, timeout=60, isolation_level=None)
+    db = sqlite3.connect(LEDGER, timeout=60)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(
         "CREATE TABLE IF NOT EXISTS payments"
