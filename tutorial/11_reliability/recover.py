@@ -79,7 +79,7 @@ async def unfinished_background_runs(client: PrefectClient) -> list[TaskRun]:
 
 async def served_task_keys(client: PrefectClient) -> set[str]:
     """The task keys of the task servers subscribed right now."""
-    response = await client._client.post("/task_workers/filter", json={})
+    response = await client.request("POST", "/task_workers/filter", json={})
     response.raise_for_status()
     return {key for worker in response.json() for key in worker["task_keys"]}
 

@@ -32,7 +32,7 @@ def start(log: str, script: str, *args: str, **env: str) -> subprocess.Popen:
 
 def subscribed(process: subprocess.Popen) -> bool:
     with get_client(sync_client=True) as client:
-        workers = client._client.post("/task_workers/filter", json={}).json()
+        workers = client.request("POST", "/task_workers/filter", json={}).json()
     return f"{socket.gethostname()}-{process.pid}" in {w["identifier"] for w in workers}
 
 
@@ -68,18 +68,13 @@ def requeued(run_ids: list) -> int:
         )
 
 
-if __name__ == "__main__":
-    LOGS.mkdir(parents=True, exist_ok=True)
-    print(f"logs of the processes this script starts: {LOGS}")
-    reconciler = start("recover.log", "recover.py", *RECOVER)
-    # Two more task servers, doomed: each is killed with SIGKILL in the middle of its runs.
-    # Their payment provider is slow (2 s), so they surely have runs in flight then.
-    victims = [start(f"victim_{n}.log", "task_server.py", PAYMENT_LATENCY="2") for n in (1, 2)]
+def main(victims: list[subprocess.Popen]) -> int:
     kill_after = [JOBS // 5, JOBS // 2]
     deadline = time.monotonic() + 120
     while not all(subscribed(victim) for victim in victims):
         if time.monotonic() > deadline or any(victim.poll() is not None for victim in victims):
-            sys.exit("the extra task servers did not subscribe")
+            print("the extra task servers did not subscribe")
+            return 1
         time.sleep(0.5)
     print(f"started recover.py and 2 extra task servers (pids {victims[0].pid} {victims[1].pid})")
 
@@ -117,9 +112,6 @@ if __name__ == "__main__":
             break
         time.sleep(2)
     print(f"{finished} of {JOBS} runs final after {time.monotonic() - began:.0f} s")
-    for process in [reconciler, *victims]:
-        process.terminate()
-        process.wait()
 
     completed = sum(run.state.is_completed() for run in read_runs(run_ids))
     db = ledger()
@@ -142,4 +134,19 @@ if __name__ == "__main__":
     print(f"jobs lost:            {lost}")
     print(f"jobs run twice:       {sum(count > 1 for (count,) in runs_per_order)}")
     print(f"double charges:       {double}")
-    sys.exit(0 if killed == 2 and completed == JOBS and lost == 0 and double == 0 else 1)
+    return 0 if killed == 2 and completed == JOBS and lost == 0 and double == 0 else 1
+
+
+if __name__ == "__main__":
+    LOGS.mkdir(parents=True, exist_ok=True)
+    print(f"logs of the processes this script starts: {LOGS}")
+    reconciler = start("recover.log", "recover.py", *RECOVER)
+    # Two more task servers, doomed: each is killed with SIGKILL in the middle of its runs.
+    # Their payment provider is slow (2 s), so they surely have runs in flight then.
+    victims = [start(f"victim_{n}.log", "task_server.py", PAYMENT_LATENCY="2") for n in (1, 2)]
+    try:
+        sys.exit(main(victims))
+    finally:
+        for process in [reconciler, *victims]:
+            process.terminate()
+            process.wait()
