@@ -205,3 +205,52 @@ def test_a_future_scheduled_time_does_not_delay_a_background_run(
         assert time.monotonic() < deadline, prefect_server.task_run(run["id"])["state"]
         time.sleep(0.2)
     assert prefect_server.result(run["id"]) < scheduled_time.timestamp() - 30
+
+
+def wait_for(read, done, timeout: float, what: str):
+    """Call `read` until `done(value)` holds; fail with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not done(value := read()):
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s; last: {value!r}"
+        time.sleep(0.5)
+    return value
+
+
+def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server, spawn):
+    """periodic.py registers a deployment with the nightly schedule and runs its flow runs;
+    a run triggered now (as `prefect deployment run` does) completes, its thumbnails made by
+    the task server."""
+    task_server(STEP / "task_server.py")
+    periodic = spawn(STEP / "periodic.py")
+
+    (deployment,) = wait_for(
+        lambda: prefect_server.api(
+            "POST",
+            "/deployments/filter",
+            json={"deployments": {"name": {"any_": ["nightly-album"]}}},
+        ),
+        lambda found: len(found) == 1 or not periodic.running(),
+        timeout=120,
+        what="the deployment nightly-album",
+    )
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
+    assert all(s["active"] for s in deployment["schedules"])
+    assert deployment["parameters"] == {"count": 3}
+
+    flow_run = prefect_server.api(
+        "POST", f"/deployments/{deployment['id']}/create_flow_run", json={}
+    )
+    state = wait_for(
+        lambda: prefect_server.api("GET", f"/flow_runs/{flow_run['id']}")["state"],
+        lambda s: s["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"},
+        timeout=180,
+        what="the triggered flow run to finish",
+    )
+    assert state["type"] == "COMPLETED", periodic.output
+    runs = prefect_server.api(
+        "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
+    )
+    assert sorted(r["name"].rsplit("-", 1)[0] for r in runs) == [
+        *("contact_sheet", "make_thumbnail", "make_thumbnail", "make_thumbnail")
+    ]
+    assert all(r["state"]["type"] == "COMPLETED" for r in runs)
