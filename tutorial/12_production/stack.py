@@ -1,0 +1,277 @@
+"""The production topology on one machine, without Docker: PostgreSQL, Redis, the Prefect
+server on them with an auth string, task servers, step 08's app and step 11's reconciler.
+
+    python tutorial/12_production/stack.py               start it all; Ctrl+C stops it all
+    python tutorial/12_production/stack.py -- CMD ...    start it all, run CMD with the
+                                                         clients' settings, then stop it all
+
+State (database, results, logs, generated secrets) stays in STACK_DIR (.prefect/production).
+compose.yaml runs the same services with the same settings in containers.
+"""
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+STATE = Path(os.environ.get("STACK_DIR", ROOT / ".prefect" / "production")).resolve()
+TASK_SERVERS = int(os.environ.get("TASK_SERVERS", "2"))
+SERVER_ENV = HERE / "server"  # the Prefect server's own environment (prefect-redis)
+AS_POSTGRES = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_tool(name: str) -> str:
+    """Debian keeps PostgreSQL's programs in /usr/lib/postgresql/<version>/bin, off PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: p.parts[-3])
+    tool = shutil.which(name) or (str(found[-1]) if found else None)
+    if not tool:
+        sys.exit(f"stack: {name} not found: install PostgreSQL (Debian: apt install postgresql)")
+    return tool
+
+
+def load_secrets() -> dict[str, str]:
+    """Generated once, kept in STATE with mode 0600; on real machines, your secret store."""
+    path = STATE / "secrets.json"
+    if not path.exists():
+        path.write_text(
+            json.dumps(
+                {
+                    "auth_string": f"prefect:{secrets.token_urlsafe(24)}",
+                    "postgres_password": secrets.token_urlsafe(24),
+                    "redis_password": secrets.token_urlsafe(24),
+                }
+            )
+        )
+        path.chmod(0o600)
+    return json.loads(path.read_text())
+
+
+def wait_for(what: str, ready, process: subprocess.Popen | None = None, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}; see {STATE}/logs")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready within {timeout:.0f} s; see {STATE}/logs")
+        time.sleep(0.2)
+
+
+def answers(url: str, headers: dict | None = None, method: str = "GET") -> bool:
+    try:
+        return httpx.request(method, url, headers=headers, json={}, timeout=5).is_success
+    except httpx.HTTPError:
+        return False
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.secrets = load_secrets()
+        self.ports = {name: free_port() for name in ("postgres", "redis", "prefect", "app")}
+        self.pgdata = STATE / "postgres" / "data"
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.postgres_running = False
+
+    # --- the settings every process gets -------------------------------------------------
+
+    def server_env(self) -> dict[str, str]:
+        s, p = self.secrets, self.ports
+        redis = f"redis://:{s['redis_password']}@127.0.0.1:{p['redis']}"
+        return {
+            "PREFECT_HOME": str(STATE / "homes" / "prefect-server"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://prefect:"
+            f"{s['postgres_password']}@127.0.0.1:{p['postgres']}/prefect",
+            "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+            "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+            "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+            "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1",
+            "PREFECT_REDIS_MESSAGING_PORT": str(p["redis"]),
+            "PREFECT_REDIS_MESSAGING_PASSWORD": s["redis_password"],
+            "PREFECT_SERVER_DOCKET_URL": f"{redis}/1",
+            "PREFECT_SERVER_API_AUTH_STRING": s["auth_string"],
+        }
+
+    def client_env(self, name: str) -> dict[str, str]:
+        """Task servers, the app, the reconciler and any command: no database, no Redis."""
+        return {
+            "PREFECT_HOME": str(STATE / "homes" / name),  # each process a home of its own
+            "PREFECT_API_URL": f"http://127.0.0.1:{self.ports['prefect']}/api",
+            "PREFECT_API_AUTH_STRING": self.secrets["auth_string"],
+            # Parameters and results: one storage that every client shares.
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(STATE / "storage"),
+            "API_URL": f"http://127.0.0.1:{self.ports['app']}",
+        }
+
+    # --- starting and stopping ---------------------------------------------------------
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = (STATE / "logs" / f"{name}.log").open("w")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl+C reaches the stack only: it stops them in order
+        )
+        log.close()
+        self.processes.append((name, process))
+        print(f"stack: started {name} (pid {process.pid})", flush=True)
+        return process
+
+    def start_postgres(self) -> None:
+        folder = self.pgdata.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if AS_POSTGRES:  # root: PostgreSQL refuses to run as root
+            shutil.chown(folder, "postgres", "postgres")
+        if not (self.pgdata / "PG_VERSION").exists():
+            pwfile = folder / "password"
+            pwfile.write_text(self.secrets["postgres_password"])
+            if AS_POSTGRES:
+                shutil.chown(pwfile, "postgres", "postgres")
+            initdb = [postgres_tool("initdb"), "-D", str(self.pgdata), "-U", "prefect"]
+            initdb += ["--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]
+            subprocess.run(AS_POSTGRES + initdb, check=True, stdout=subprocess.DEVNULL)
+            pwfile.unlink()
+        options = f"-p {self.ports['postgres']} -c listen_addresses=127.0.0.1"
+        options += " -c unix_socket_directories=''"
+        pg_ctl = [postgres_tool("pg_ctl"), "-D", str(self.pgdata), "-l", str(folder / "log")]
+        subprocess.run(AS_POSTGRES + pg_ctl + ["-w", "-o", options, "start"], check=True)
+        self.postgres_running = True
+        if not (folder / "created").exists():
+            createdb = [postgres_tool("createdb"), "-h", "127.0.0.1"]
+            createdb += ["-p", str(self.ports["postgres"]), "-U", "prefect", "prefect"]
+            env = {**os.environ, "PGPASSWORD": self.secrets["postgres_password"]}
+            subprocess.run(createdb, check=True, env=env)
+            (folder / "created").touch()
+        print(f"stack: PostgreSQL ready on 127.0.0.1:{self.ports['postgres']}", flush=True)
+
+    def stop_postgres(self) -> None:
+        pg_ctl = [postgres_tool("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
+        subprocess.run(AS_POSTGRES + pg_ctl, check=False, stdout=subprocess.DEVNULL)
+        self.postgres_running = False
+        print("stack: PostgreSQL stopped", flush=True)
+
+    def up(self) -> None:
+        for folder in ("logs", "storage", "homes", "redis"):
+            (STATE / folder).mkdir(parents=True, exist_ok=True)
+        self.start_postgres()
+
+        redis = self.start(
+            "redis",
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.ports["redis"])]
+            + ["--requirepass", self.secrets["redis_password"], "--dir", str(STATE / "redis")]
+            + ["--appendonly", "yes", "--save", ""],
+            {},
+        )
+        log = STATE / "logs" / "redis.log"
+        wait_for("redis", lambda: "Ready to accept connections" in log.read_text(), redis)
+
+        server_python = SERVER_ENV / ".venv" / "bin" / "python"
+        if not server_python.exists():
+            uv = os.environ.get("UV", "uv")
+            subprocess.run([uv, "sync", "--locked", "--project", str(SERVER_ENV)], check=True)
+        api = self.client_env("stack")["PREFECT_API_URL"]
+        server = self.start(
+            "prefect-server",
+            [str(server_python), "-m", "prefect", "server", "start"]
+            + ["--host", "127.0.0.1", "--port", str(self.ports["prefect"])],
+            self.server_env(),
+        )
+        wait_for("the Prefect server", lambda: answers(f"{api}/health"), server)
+        print(f"stack: Prefect server ready at {api}", flush=True)
+
+        auth = base64.b64encode(self.secrets["auth_string"].encode()).decode()
+        headers = {"Authorization": f"Basic {auth}"}
+        for n in range(1, TASK_SERVERS + 1):
+            name = f"task-server-{n}"
+            task_server = self.start(
+                name, [sys.executable, str(HERE / "task_server.py")], self.client_env(name)
+            )
+
+            def subscribed(pid=task_server.pid) -> bool:
+                response = httpx.post(f"{api}/task_workers/filter", json={}, headers=headers)
+                identifiers = {worker["identifier"] for worker in response.json()}
+                return f"{socket.gethostname()}-{pid}" in identifiers
+
+            wait_for(name, subscribed, task_server)
+        print(f"stack: {TASK_SERVERS} task servers subscribed", flush=True)
+
+        app = self.start(
+            "app",
+            [sys.executable, "-m", "uvicorn", "api:app", "--app-dir", "tutorial/08_fastapi_jobs"]
+            + ["--host", "127.0.0.1", "--port", str(self.ports["app"])],
+            self.client_env("app"),
+        )
+        app_url = self.client_env("app")["API_URL"]
+        wait_for("the app", lambda: answers(f"{app_url}/health"), app)
+        print(f"stack: app ready at {app_url}", flush=True)
+
+        self.start(
+            "recover",
+            [sys.executable, "tutorial/11_reliability/recover.py"],
+            self.client_env("recover"),
+        )
+
+    def down(self) -> None:
+        # The reverse order: clients first, then the Prefect server, then its data stores.
+        for name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            print(f"stack: stopped {name}", flush=True)
+        self.processes.clear()
+        if self.postgres_running:
+            self.stop_postgres()
+
+
+def main(command: list[str]) -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
+    stack = Stack()
+    # SIGTERM (a process manager, the tutorial runner) stops everything, like Ctrl+C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        stack.up()
+        if command:
+            env = {**os.environ, **stack.client_env("command")}
+            return subprocess.run(command, cwd=ROOT, env=env).returncode
+        print("stack: everything is up; the clients' settings:", flush=True)
+        for key, value in stack.client_env("your-client").items():
+            print(f"  {key}={value}")
+        print("stack: Ctrl+C stops it all", flush=True)
+        while all(process.poll() is None for _, process in stack.processes):
+            time.sleep(1)
+        print("stack: a process exited; stopping everything", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stack.down()
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    sys.exit(main(args[1:] if args[:1] == ["--"] else args))
