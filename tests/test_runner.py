@@ -77,6 +77,11 @@ def test_runs_step_01_on_a_throwaway_server_and_leaves_nothing_running(tmp_path)
 
 @pytest.mark.parametrize("step", find_steps(), ids=lambda s: s.name)
 def test_runs_each_step_on_a_server_that_is_already_running(prefect_server, step):
+    if step.stack:
+        pytest.skip(
+            "this step brings its own PostgreSQL, Redis and Prefect server (stack.py), not the"
+            " session's; tests/test_step_12.py runs it through the runner"
+        )
     runner = tutorial(str(step.number), env=prefect_server.env)
     try:
         assert runner.wait(timeout=600) == 0, runner.output

@@ -9,7 +9,9 @@
 Each step folder holds a task_server.py and a submit.py, and the web steps an api.py (a
 FastAPI app, served with uvicorn; submit.py finds it through API_URL). The runner uses the Prefect
 server that PREFECT_API_URL points at (the repo's pyproject.toml sets a local one) or,
-if nothing answers there, starts a throwaway one whose home stays inside the repo.
+if nothing answers there, starts a throwaway one whose home stays inside the repo. A step with
+a stack.py (step 12) brings up its own services, Prefect server included: the runner runs
+`stack.py -- python submit.py` instead.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SUBSCRIBE_TIMEOUT = 60.0
 SUBMIT_TIMEOUT = 600.0
 API_START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
+STACK_STOP_GRACE = 90.0
 
 
 class TutorialError(Exception):
@@ -79,6 +82,12 @@ class Step:
     def task_servers(self) -> list[Path]:
         """task_server.py, or task_server_*.py when a step runs several different ones."""
         return sorted(self.path.glob("task_server*.py"))
+
+    @property
+    def stack(self) -> Path | None:
+        """stack.py: the step runs on services of its own (PostgreSQL, Redis, a server)."""
+        stack = self.path / "stack.py"
+        return stack if stack.exists() else None
 
     @property
     def api(self) -> Path | None:
@@ -442,10 +451,30 @@ def wait_until_answering(url: str, process: Process, timeout: float = API_START_
     raise TutorialError(f"{process.label}: {url} did not answer within {timeout:.0f} s")
 
 
-def run_step(step: Step, server: Server) -> None:
+def run_own_stack(step: Step) -> None:
+    """stack.py starts the step's services, runs submit.py against them and stops them."""
+    argv = [sys.executable, str(step.stack), "--", sys.executable, str(step.path / "submit.py")]
+    say(f"Running {_show(step.stack)}: its own services, then submit.py")
+    stack = Process("stack", argv)
+    try:
+        code = stack.wait(timeout=SUBMIT_TIMEOUT, interruptible=True)
+    except subprocess.TimeoutExpired:
+        raise TutorialError(f"stack.py did not finish within {SUBMIT_TIMEOUT:.0f} s") from None
+    finally:
+        # SIGTERM: stack.py stops its services in order (PostgreSQL last) before it exits.
+        stack.stop(grace=STACK_STOP_GRACE)
+    if code != 0:
+        raise TutorialError(f"step {step.name} failed: stack.py exited with code {code}")
+    say(f"Step {step.number:02d} done. Its services are stopped; their logs: .prefect/production")
+
+
+def run_step(step: Step, server: Server | None) -> None:
     say()
     say(f"=== Step {step.number:02d}: {step.title} ===")
     say(f"    lesson: {_show(step.path / 'README.md')}")
+    if step.stack:
+        run_own_stack(step)
+        return
     if not step.task_servers or not (step.path / "submit.py").exists():
         raise TutorialError(f"{step.name} has no task_server.py or submit.py")
     task_servers: list[Process] = []
@@ -494,17 +523,20 @@ def run_step(step: Step, server: Server) -> None:
 
 
 def cmd_run(steps: list[Step]) -> None:
-    server = ensure_server()
+    # Steps with a stack.py bring their own Prefect server.
+    server = ensure_server() if any(not step.stack for step in steps) else None
     try:
         for step in steps:
             check_interrupted()
             run_step(step, server)
     finally:
-        if server.process:
+        if server and server.process:
             say("Stopping the local Prefect server")
             server.process.stop()
     say()
     say(f"All done: {len(steps)} step{'s' if len(steps) > 1 else ''} ran.")
+    if server is None:
+        return
     if server.process:
         say("To browse these runs in the UI, start the server again: `uv run tutorial server`")
     else:
@@ -512,6 +544,11 @@ def cmd_run(steps: list[Step]) -> None:
 
 
 def cmd_server(step: Step) -> None:
+    if step.stack:
+        python = "uv run python" if os.environ.get("UV") else "python"
+        say(f"{step.name} runs on services of its own; start them all, Ctrl+C stops them:")
+        say(f"  cd {ROOT} && {python} {_show(step.stack)}")
+        return
     server = ensure_server()
     python = "uv run python" if os.environ.get("UV") else "python"
     say()

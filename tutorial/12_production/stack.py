@@ -176,13 +176,9 @@ class Stack:
             (STATE / folder).mkdir(parents=True, exist_ok=True)
         self.start_postgres()
 
-        redis = self.start(
-            "redis",
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.ports["redis"])]
-            + ["--requirepass", self.secrets["redis_password"], "--dir", str(STATE / "redis")]
-            + ["--appendonly", "yes", "--save", ""],
-            {},
-        )
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.ports["redis"])]
+        argv += ["--requirepass", self.secrets["redis_password"], "--dir", str(STATE / "redis")]
+        redis = self.start("redis", [*argv, "--appendonly", "yes", "--save", ""], {})
         log = STATE / "logs" / "redis.log"
         wait_for("redis", lambda: "Ready to accept connections" in log.read_text(), redis)
 
@@ -191,46 +187,40 @@ class Stack:
             uv = os.environ.get("UV", "uv")
             subprocess.run([uv, "sync", "--locked", "--project", str(SERVER_ENV)], check=True)
         api = self.client_env("stack")["PREFECT_API_URL"]
+        argv = [str(server_python), "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
         server = self.start(
-            "prefect-server",
-            [str(server_python), "-m", "prefect", "server", "start"]
-            + ["--host", "127.0.0.1", "--port", str(self.ports["prefect"])],
-            self.server_env(),
+            "prefect-server", [*argv, "--port", str(self.ports["prefect"])], self.server_env()
         )
         wait_for("the Prefect server", lambda: answers(f"{api}/health"), server)
         print(f"stack: Prefect server ready at {api}", flush=True)
 
-        auth = base64.b64encode(self.secrets["auth_string"].encode()).decode()
-        headers = {"Authorization": f"Basic {auth}"}
-        for n in range(1, TASK_SERVERS + 1):
-            name = f"task-server-{n}"
-            task_server = self.start(
-                name, [sys.executable, str(HERE / "task_server.py")], self.client_env(name)
-            )
-
-            def subscribed(pid=task_server.pid) -> bool:
-                response = httpx.post(f"{api}/task_workers/filter", json={}, headers=headers)
-                identifiers = {worker["identifier"] for worker in response.json()}
-                return f"{socket.gethostname()}-{pid}" in identifiers
-
-            wait_for(name, subscribed, task_server)
-        print(f"stack: {TASK_SERVERS} task servers subscribed", flush=True)
-
-        app = self.start(
-            "app",
-            [sys.executable, "-m", "uvicorn", "api:app", "--app-dir", "tutorial/08_fastapi_jobs"]
-            + ["--host", "127.0.0.1", "--port", str(self.ports["app"])],
-            self.client_env("app"),
-        )
+        # The clients: they need only the Prefect server, so they start side by side.
+        task_servers = [
+            self.start(name, [sys.executable, str(HERE / "task_server.py")], self.client_env(name))
+            for name in (f"task-server-{n}" for n in range(1, TASK_SERVERS + 1))
+        ]
         app_url = self.client_env("app")["API_URL"]
-        wait_for("the app", lambda: answers(f"{app_url}/health"), app)
-        print(f"stack: app ready at {app_url}", flush=True)
-
+        argv = [sys.executable, "-m", "uvicorn", "api:app", "--app-dir", "tutorial/08_fastapi_jobs"]
+        argv += ["--host", "127.0.0.1", "--port", str(self.ports["app"])]
+        app = self.start("app", argv, self.client_env("app"))
         self.start(
             "recover",
             [sys.executable, "tutorial/11_reliability/recover.py"],
             self.client_env("recover"),
         )
+
+        auth = base64.b64encode(self.secrets["auth_string"].encode()).decode()
+        headers = {"Authorization": f"Basic {auth}"}
+
+        def subscribed(pid: int) -> bool:
+            response = httpx.post(f"{api}/task_workers/filter", json={}, headers=headers)
+            return f"{socket.gethostname()}-{pid}" in {w["identifier"] for w in response.json()}
+
+        for task_server in task_servers:
+            wait_for("a task server", lambda pid=task_server.pid: subscribed(pid), task_server)
+        print(f"stack: {TASK_SERVERS} task servers subscribed", flush=True)
+        wait_for("the app", lambda: answers(f"{app_url}/health"), app)
+        print(f"stack: app ready at {app_url}", flush=True)
 
     def down(self) -> None:
         # The reverse order: clients first, then the Prefect server, then its data stores.
@@ -260,14 +250,16 @@ def main(command: list[str]) -> int:
             return subprocess.run(command, cwd=ROOT, env=env).returncode
         print("stack: everything is up; the clients' settings:", flush=True)
         for key, value in stack.client_env("your-client").items():
-            print(f"  {key}={value}")
+            if key == "PREFECT_API_AUTH_STRING":
+                value = f"(the auth_string in {STATE / 'secrets.json'})"
+            print(f"  {key}={value}", flush=True)
         print("stack: Ctrl+C stops it all", flush=True)
         while all(process.poll() is None for _, process in stack.processes):
             time.sleep(1)
         print("stack: a process exited; stopping everything", flush=True)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return 130 if command else 0
     finally:
         stack.down()
 

@@ -1,0 +1,235 @@
+"""Step 12: the production topology (PostgreSQL, Redis, a Prefect server with an auth string,
+two task servers, step 08's app, step 11's reconciler) started by one command, without
+Docker; compose.yaml describes the same services for Docker."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from harness import UUID, clean_env, step_dir
+
+from tutorial.runner import Process
+
+STEP = step_dir(12)
+TUTORIAL = str(Path(sys.executable).with_name("tutorial"))
+JOBS = 12
+
+
+def load_stack(state: Path):
+    """stack.py as a module, with its state in `state`."""
+    os.environ["STACK_DIR"] = str(state)
+    try:
+        spec = importlib.util.spec_from_file_location("stack_12", STEP / "stack.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        del os.environ["STACK_DIR"]
+    return module
+
+
+def processes_naming(text: str) -> list[int]:
+    """Live processes whose command line or environment mention `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in seen:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def stack_dir() -> Iterator[Path]:
+    """One state folder for the module: the first stack start creates the database, the
+    next ones reuse it, as on a real machine. PostgreSQL's user must be able to reach it."""
+    state = Path(tempfile.mkdtemp(prefix="prefect-step12-"))
+    state.chmod(0o755)
+    try:
+        yield state
+    finally:
+        pgdata = state / "postgres" / "data"
+        if (pgdata / "postmaster.pid").exists():  # a test failed half-way: stop it anyway
+            stack = load_stack(state)
+            pg_ctl = [stack.postgres_tool("pg_ctl"), "-D", str(pgdata), "-m", "immediate"]
+            subprocess.run([*stack.AS_POSTGRES, *pg_ctl, "-w", "stop"], check=False)
+        for pid in processes_naming(str(state)):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(state)
+
+
+def stack_env(state: Path, **extra: str) -> dict[str, str]:
+    return clean_env(STACK_DIR=str(state), PREFECT_SERVER_UI_ENABLED="false", **extra)
+
+
+def assert_all_stopped(state: Path) -> None:
+    assert processes_naming(str(state)) == []
+    assert not (state / "postgres" / "data" / "postmaster.pid").exists()
+
+
+def test_one_command_runs_jobs_through_the_app_on_two_task_servers(stack_dir):
+    runner = Process("tutorial", [TUTORIAL, "12"], env=stack_env(stack_dir, JOBS=str(JOBS)))
+    try:
+        assert runner.wait(timeout=480) == 0, runner.output
+    finally:
+        runner.stop(grace=90)
+    out = runner.output.splitlines()
+
+    assert "[stack] stack: 2 task servers subscribed" in out
+    assert any(
+        re.fullmatch(rf"\[stack\] submitted {JOBS} jobs through http://\S+ in [\d.]+ s", x)
+        for x in out
+    )
+    assert any(re.fullmatch(rf"\[stack\] {JOBS} of {JOBS} jobs completed after .*", x) for x in out)
+    assert "[stack] without the auth string: 401 {'exception_message': 'Unauthorized'}" in out
+    assert "Step 12 done. Its services are stopped; their logs: .prefect/production" in out
+    # The runner started no Prefect server of its own: the stack brought one.
+    assert not any("Starting a local Prefect server" in line for line in out)
+
+    # Both task servers took jobs, and each job ran once.
+    received = [
+        (stack_dir / "logs" / f"task-server-{n}.log").read_text().count("Received task run")
+        for n in (1, 2)
+    ]
+    assert all(received), received
+    assert sum(received) == JOBS
+    # Stopped in order, PostgreSQL last, and nothing left running.
+    stops = [x for x in out if re.match(r"\[stack\] stack: (stopped|PostgreSQL stopped)", x)]
+    assert stops[-1] == "[stack] stack: PostgreSQL stopped"
+    assert_all_stopped(stack_dir)
+
+
+@pytest.fixture(scope="module")
+def running_stack(stack_dir) -> Iterator[tuple[Process, dict[str, str]]]:
+    """stack.py with no command: everything up until SIGTERM. Returns the process and the
+    clients' settings it prints."""
+    stack = Process("stack", [sys.executable, str(STEP / "stack.py")], env=stack_env(stack_dir))
+    try:
+        stack.wait_for_line(r"^stack: Ctrl\+C stops it all$", timeout=300)
+        settings = dict(re.findall(r"^  (\w+)=(.+)$", stack.output, re.M))
+        yield stack, settings
+    finally:
+        stack.stop(grace=90)
+
+
+def test_clients_need_the_auth_string(running_stack, stack_dir):
+    _, settings = running_stack
+    api = settings["PREFECT_API_URL"]
+    auth_string = json.loads((stack_dir / "secrets.json").read_text())["auth_string"]
+    # The stack prints where the secret is, not the secret.
+    assert settings["PREFECT_API_AUTH_STRING"] == f"(the auth_string in {stack_dir}/secrets.json)"
+
+    # The health check stays open (for load balancers); everything else needs the auth string.
+    assert httpx.get(f"{api}/health").status_code == 200
+    anonymous = httpx.post(f"{api}/task_runs/filter", json={})
+    assert anonymous.status_code == 401
+    assert anonymous.json() == {"exception_message": "Unauthorized"}
+    wrong = httpx.post(f"{api}/task_runs/filter", json={}, auth=("prefect", "guess"))
+    assert wrong.status_code == 401
+    user, password = auth_string.split(":", 1)
+    assert httpx.post(f"{api}/task_runs/filter", json={}, auth=(user, password)).is_success
+
+    # A task server without it cannot subscribe, and says why.
+    env = clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(stack_dir / "homes" / "anonymous"))
+    task_server = Process("anonymous", [sys.executable, str(STEP / "task_server.py")], env=env)
+    try:
+        assert task_server.wait(timeout=120) == 1
+    finally:
+        task_server.stop()
+    assert "Exception: Unable to authenticate to the subscription." in task_server.output
+
+
+def test_parameters_and_results_live_in_the_shared_storage(running_stack, stack_dir):
+    _, settings = running_stack
+    with httpx.Client(base_url=settings["API_URL"], timeout=30) as app:
+        response = app.post("/jobs", json={"title": "Notes", "text": "It is on the mat."})
+        assert response.status_code == 202
+        job_id = response.json()["id"]
+        assert re.fullmatch(UUID, job_id)
+        deadline = time.monotonic() + 60
+        while (job := app.get(f"/jobs/{job_id}").json())["status"] != "completed":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+
+    storage = stack_dir / "storage"
+    assert len(list((storage / "parameters").iterdir())) >= 1
+    # The app (its own home) read the result the task server (another home) wrote.
+    assert job["result"]["words"] == 5
+    homes = stack_dir / "homes"
+    assert not any((homes / name / "storage").exists() for name in ("app", "task-server-1"))
+
+
+def test_sigterm_stops_everything(running_stack, stack_dir):
+    stack, _ = running_stack
+    stack.popen.send_signal(signal.SIGTERM)
+    assert stack.wait(timeout=120) == 0, stack.output
+    assert stack.output.splitlines()[-1] == "stack: PostgreSQL stopped"
+    assert_all_stopped(stack_dir)
+
+
+# --- without a stack ------------------------------------------------------------------
+
+
+def test_compose_runs_the_same_services_with_the_same_settings(tmp_path):
+    compose = yaml.safe_load((STEP / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "prefect-server", "task-server", "app", "recover"} <= set(services)
+    module = load_stack(tmp_path)
+    stack = module.Stack.__new__(module.Stack)  # its settings, without starting anything
+    stack.secrets = {"auth_string": "a:b", "postgres_password": "p", "redis_password": "r"}
+    stack.ports = {"postgres": 1, "redis": 2, "prefect": 3, "app": 4}
+    server_settings = set(stack.server_env()) - {"PREFECT_HOME"}
+    assert server_settings <= set(services["prefect-server"]["environment"])
+    client_settings = set(stack.client_env("x")) - {"PREFECT_HOME", "API_URL"}
+    for name in ("task-server", "app", "recover"):
+        assert client_settings <= set(services[name]["environment"]), name
+    assert "tutorial/12_production/task_server.py" in " ".join(services["task-server"]["command"])
+    assert "tutorial/11_reliability/recover.py" in " ".join(services["recover"]["command"])
+    assert "tutorial/08_fastapi_jobs" in " ".join(services["app"]["command"])
+    assert services["task-server"]["deploy"]["replicas"] == 2
+
+
+def test_the_task_key_changes_with_any_change_to_the_code(tmp_path):
+    """Why the app and the task servers must deploy the same version: a blank line above
+    the function is enough for a new key; the folder the code lives in is not."""
+    source = "from prefect import task\n\n@task\ndef f(x):\n    return x\n"
+    variants = {
+        "same": source,
+        "elsewhere": source,
+        "blank line above": source.replace("\n@task", "\n\n@task"),
+        "comment inside": source.replace("    return", "    # why\n    return"),
+    }
+    keys = {}
+    for name, text in variants.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        (folder / "t.py").write_text(text)
+        code = "import t; print(t.f.task_key)"
+        keys[name] = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=folder,
+            env=clean_env(PREFECT_HOME=str(tmp_path / "home")),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    assert keys["same"] == keys["elsewhere"]
+    assert keys["blank line above"] != keys["same"]
+    assert keys["comment inside"] != keys["same"]
+    assert all(re.fullmatch(r"f-[0-9a-f]{8}", key) for key in keys.values())
