@@ -216,19 +216,14 @@ def test_the_task_key_changes_with_any_change_to_the_code(tmp_path):
         "comment inside": source.replace("    return", "    # why\n    return"),
     }
     keys = {}
-    for name, text in variants.items():
-        folder = tmp_path / name.replace(" ", "_")
-        folder.mkdir()
-        (folder / "t.py").write_text(text)
-        code = "import t; print(t.f.task_key)"
-        keys[name] = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=folder,
-            env=clean_env(PREFECT_HOME=str(tmp_path / "home")),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+    for n, (name, text) in enumerate(variants.items()):
+        path = tmp_path / name.replace(" ", "_") / "t.py"
+        path.parent.mkdir()
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(f"t_{n}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        keys[name] = module.f.task_key
     assert keys["same"] == keys["elsewhere"]
     assert keys["blank line above"] != keys["same"]
     assert keys["comment inside"] != keys["same"]

@@ -181,6 +181,7 @@ class Stack:
         redis = self.start("redis", [*argv, "--appendonly", "yes", "--save", ""], {})
         log = STATE / "logs" / "redis.log"
         wait_for("redis", lambda: "Ready to accept connections" in log.read_text(), redis)
+        print(f"stack: Redis ready on 127.0.0.1:{self.ports['redis']}", flush=True)
 
         server_python = SERVER_ENV / ".venv" / "bin" / "python"
         if not server_python.exists():
