@@ -22,7 +22,7 @@ import pytest
 import yaml
 from harness import UUID, clean_env, step_dir
 
-from tutorial.runner import Process
+from tutorial.runner import Process, free_port, wait_until_answering
 
 STEP = step_dir(12)
 TUTORIAL = str(Path(sys.executable).with_name("tutorial"))
@@ -98,7 +98,7 @@ def test_one_command_runs_jobs_through_the_app_on_two_task_servers(stack_dir):
     )
     assert any(re.fullmatch(rf"\[stack\] {JOBS} of {JOBS} jobs completed after .*", x) for x in out)
     assert "[stack] without the auth string: 401 {'exception_message': 'Unauthorized'}" in out
-    assert "Step 12 done. Its services are stopped; their logs: .prefect/production" in out
+    assert f"Step 12 done. Its services are stopped; their logs: {stack_dir}/logs" in out
     # The runner started no Prefect server of its own: the stack brought one.
     assert not any("Starting a local Prefect server" in line for line in out)
 
@@ -173,6 +173,82 @@ def test_parameters_and_results_live_in_the_shared_storage(running_stack, stack_
     assert job["result"]["words"] == 5
     homes = stack_dir / "homes"
     assert not any((homes / name / "storage").exists() for name in ("app", "task-server-1"))
+
+
+SUBMIT = """
+import sys
+sys.path.insert(0, "tutorial/12_production")
+from tasks import Document, score_document
+print(score_document.delay(Document(title="Notes", text="It is on the mat.")).task_run_id)
+"""
+
+
+def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack, stack_dir):
+    """Two Prefect API processes on the same PostgreSQL and Redis: the task servers listen
+    to A; a run submitted through B waits until a task server connects to B."""
+    stack, settings = running_stack
+    module = load_stack(stack_dir)
+    other = module.Stack.__new__(module.Stack)  # the stack's settings, to start a second API
+    other.secrets = json.loads((stack_dir / "secrets.json").read_text())
+    other.ports = {
+        name: int(re.search(rf"^stack: {label} ready on 127.0.0.1:(\d+)$", stack.output, re.M)[1])
+        for name, label in (("postgres", "PostgreSQL"), ("redis", "Redis"))
+    }
+    port = free_port()
+    api_a, api_b = settings["PREFECT_API_URL"], f"http://127.0.0.1:{port}/api"
+    env = clean_env(
+        **{
+            **other.server_env(),
+            "PREFECT_HOME": str(stack_dir / "homes" / "server-b"),
+            "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+        }
+    )
+    python = str(STEP / "server" / ".venv" / "bin" / "python")
+    argv = [python, "-m", "prefect", "server", "start", "--no-services", "--port", str(port)]
+    server_b = Process("server-b", argv, env=env, echo=False)
+    clients = clean_env(**{k: v for k, v in settings.items() if k.startswith("PREFECT_")})
+    clients["PREFECT_API_AUTH_STRING"] = other.secrets["auth_string"]
+    auth = tuple(other.secrets["auth_string"].split(":", 1))
+    try:
+        wait_until_answering(f"{api_b}/health", server_b, timeout=180)
+
+        def submit(api: str) -> str:
+            env = {**clients, "PREFECT_API_URL": api}
+            process = Process("submit", [sys.executable, "-c", SUBMIT], env=env, echo=False)
+            assert process.wait(timeout=120) == 0, process.output
+            return re.search(rf"^({UUID})$", process.output, re.M)[1]
+
+        def state(run_id: str) -> str:
+            return httpx.get(f"{api_a}/task_runs/{run_id}", auth=auth).json()["state"]["name"]
+
+        def task_servers(api: str) -> int:
+            return len(httpx.post(f"{api}/task_workers/filter", json={}, auth=auth).json())
+
+        via_b = submit(api_b)
+        via_a = submit(api_a)
+        deadline = time.monotonic() + 60
+        while state(via_a) != "Completed":
+            assert time.monotonic() < deadline, state(via_a)
+            time.sleep(0.2)
+        # A's task servers ran A's run; B's run, submitted first, is still in B's queue.
+        assert state(via_b) == "Scheduled"
+        assert (task_servers(api_a), task_servers(api_b)) == (2, 0)
+
+        env_b = {**clients, "PREFECT_API_URL": api_b}
+        task_server_b = Process(
+            "task-server-b", [sys.executable, str(STEP / "task_server.py")], env=env_b, echo=False
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while state(via_b) != "Completed":
+                assert time.monotonic() < deadline, state(via_b)
+                assert task_server_b.running(), task_server_b.output
+                time.sleep(0.2)
+        finally:
+            task_server_b.stop()
+    finally:
+        server_b.stop()
 
 
 def test_sigterm_stops_everything(running_stack, stack_dir):

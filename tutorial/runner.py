@@ -465,7 +465,8 @@ def run_own_stack(step: Step) -> None:
         stack.stop(grace=STACK_STOP_GRACE)
     if code != 0:
         raise TutorialError(f"step {step.name} failed: stack.py exited with code {code}")
-    say(f"Step {step.number:02d} done. Its services are stopped; their logs: .prefect/production")
+    logs = Path(os.environ.get("STACK_DIR") or ".prefect/production") / "logs"
+    say(f"Step {step.number:02d} done. Its services are stopped; their logs: {logs}")
 
 
 def run_step(step: Step, server: Server | None) -> None:
