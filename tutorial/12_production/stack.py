@@ -249,8 +249,13 @@ def main(command: list[str]) -> int:
         if command:
             env = {**os.environ, **stack.client_env("command")}
             return subprocess.run(command, cwd=ROOT, env=env).returncode
-        print("stack: everything is up; the clients' settings:", flush=True)
-        for key, value in stack.client_env("your-client").items():
+        # For your own clients (submit.py, the prefect CLI): `set -a; . client.env; set +a`
+        settings = stack.client_env("your-client")
+        env_file = STATE / "client.env"
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        env_file.chmod(0o600)
+        print(f"stack: everything is up; the clients' settings, also in {env_file}:", flush=True)
+        for key, value in settings.items():
             if key == "PREFECT_API_AUTH_STRING":
                 value = f"(the auth_string in {STATE / 'secrets.json'})"
             print(f"  {key}={value}", flush=True)
