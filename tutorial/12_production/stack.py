@@ -143,6 +143,8 @@ class Stack:
         folder.mkdir(parents=True, exist_ok=True)
         if AS_POSTGRES:  # root: PostgreSQL refuses to run as root
             shutil.chown(folder, "postgres", "postgres")
+            if subprocess.run([*AS_POSTGRES, "test", "-w", str(folder)]).returncode:
+                sys.exit(f"stack: the postgres user cannot reach {folder}: set STACK_DIR")
         if not (self.pgdata / "PG_VERSION").exists():
             pwfile = folder / "password"
             pwfile.write_text(self.secrets["postgres_password"])
@@ -150,12 +152,14 @@ class Stack:
                 shutil.chown(pwfile, "postgres", "postgres")
             initdb = [postgres_tool("initdb"), "-D", str(self.pgdata), "-U", "prefect"]
             initdb += ["--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]
-            subprocess.run(AS_POSTGRES + initdb, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(AS_POSTGRES + initdb, check=True, cwd=folder, stdout=subprocess.DEVNULL)
             pwfile.unlink()
         options = f"-p {self.ports['postgres']} -c listen_addresses=127.0.0.1"
         options += " -c unix_socket_directories=''"
         pg_ctl = [postgres_tool("pg_ctl"), "-D", str(self.pgdata), "-l", str(folder / "log")]
-        subprocess.run(AS_POSTGRES + pg_ctl + ["-w", "-o", options, "start"], check=True)
+        subprocess.run(
+            AS_POSTGRES + pg_ctl + ["-w", "-o", options, "start"], check=True, cwd=folder
+        )
         self.postgres_running = True
         if not (folder / "created").exists():
             createdb = [postgres_tool("createdb"), "-h", "127.0.0.1"]
@@ -167,7 +171,8 @@ class Stack:
 
     def stop_postgres(self) -> None:
         pg_ctl = [postgres_tool("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
-        subprocess.run(AS_POSTGRES + pg_ctl, check=False, stdout=subprocess.DEVNULL)
+        folder = self.pgdata.parent
+        subprocess.run(AS_POSTGRES + pg_ctl, check=False, cwd=folder, stdout=subprocess.DEVNULL)
         self.postgres_running = False
         print("stack: PostgreSQL stopped", flush=True)
 
