@@ -1,0 +1,310 @@
+"""Step 10: watching background runs from outside. The task server's status endpoint, the
+CLI, the logs and the event stream are read while (or after) submit.py runs its batch, and
+submit.py's summary is checked against what the Prefect API says about the same runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import UUID, PrefectServer, step_dir
+
+from tutorial.runner import ROOT, Process, free_port, wait_until_subscribed
+
+STEP = step_dir(10)
+RUNS = 20  # submit.py's FILE_IDS
+FAILED_FILES = {9, 19}  # ids ending in 9 fail on every attempt
+FLAKY_FILES = {4, 14}  # ids ending in 4 fail once, then succeed
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+@dataclass
+class Batch:
+    """One run of submit.py against a task server of its own, and what was seen meanwhile."""
+
+    submit: Process
+    task_server: Process
+    events: Process
+    tag: str
+    runs: list[dict[str, Any]]  # the batch's task runs, read back from the API by tag
+    histories: dict[str, list[dict[str, Any]]]  # run id -> states, oldest first
+    busy: list[dict[str, Any]]  # status snapshots taken while runs were in flight
+    idle: dict[str, Any]  # the status once the batch was over
+
+
+def status(port: int) -> dict[str, Any]:
+    response = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def prefect_cli(server: PrefectServer, *commands: list[str]) -> list[str]:
+    """Run `prefect` commands against the test server, as a user would in a terminal (all at
+    once: each one spends seconds importing Prefect). Returns their outputs, in order."""
+    env = {**server.env, "COLUMNS": "200"}  # wide enough for whole run ids in tables
+    processes = [
+        subprocess.Popen(
+            [PREFECT, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for args in commands
+    ]
+    outputs = []
+    for process in processes:
+        try:
+            output, _ = process.communicate(timeout=120)
+        finally:
+            process.kill()
+        assert process.returncode == 0, output
+        outputs.append(output)
+    return outputs
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def queue_wait(history: list[dict[str, Any]]) -> float:
+    scheduled = next(parse_time(s["timestamp"]) for s in history if s["name"] == "Scheduled")
+    running = min(parse_time(s["timestamp"]) for s in history if s["name"] == "Running")
+    return (running - scheduled).total_seconds()
+
+
+def logs(server: PrefectServer, run_id: str, *expected: str) -> list[dict[str, Any]]:
+    """The run's logs in the API, once they hold every `expected` text (logs are sent to the
+    API in batches, every couple of seconds)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = server.api(
+            "POST", "/logs/filter", json={"logs": {"task_run_id": {"any_": [run_id]}}}
+        )
+        text = "\n".join(log["message"] for log in found)
+        if all(e in text for e in expected) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def batch(prefect_server: PrefectServer) -> Batch:
+    port = free_port()
+    processes: list[Process] = []
+    try:
+        task_server = prefect_server.spawn(
+            STEP / "task_server.py", TASK_SERVER_STATUS_PORT=str(port)
+        )
+        processes.append(task_server)
+        # `prefect events stream` prints every event the server receives from now on.
+        events = Process(
+            "events",
+            [PREFECT, "events", "stream", "--format", "text"],
+            env=prefect_server.env,
+            echo=False,
+        )
+        processes.append(events)
+        task_server.wait_for_line(rf"^status endpoint: http://127\.0\.0\.1:{port}/status$", 60)
+        wait_until_subscribed(prefect_server.api_url, task_server)
+        events.wait_for_line(r"Subscribing to event stream", timeout=60)
+
+        submit = prefect_server.spawn(STEP / "submit.py")
+        processes.append(submit)
+        busy = []
+        deadline = time.monotonic() + 240
+        while submit.running():
+            assert time.monotonic() < deadline, f"submit.py did not finish:\n{submit.output}"
+            snapshot = status(port)
+            if snapshot["current"]:
+                busy.append(snapshot)
+            time.sleep(0.1)
+        assert submit.wait(timeout=10) == 0, submit.output
+
+        # A run's final state reaches the API a moment before the task server counts it.
+        while (idle := status(port))["current"] or sum(idle["finished"].values()) < RUNS:
+            assert time.monotonic() < deadline, f"the task server still reports {idle}"
+            time.sleep(0.1)
+
+        tag = re.search(
+            r"^submitted \d+ runs of import_file, tagged (batch-\w+)$", submit.output, re.M
+        )
+        assert tag, submit.output
+        runs = prefect_server.api(
+            "POST", "/task_runs/filter", json={"task_runs": {"tags": {"all_": [tag.group(1)]}}}
+        )
+        histories = {}
+        for run in runs:
+            states = prefect_server.api(
+                "GET", "/task_run_states/", params={"task_run_id": run["id"]}
+            )
+            histories[run["id"]] = sorted(states, key=lambda s: s["timestamp"])
+        yield Batch(submit, task_server, events, tag.group(1), runs, histories, busy, idle)
+    finally:
+        for process in reversed(processes):
+            # Ctrl+C stops the task server at once; SIGTERM would leave it hanging (the lesson
+            # says why), and stop() would wait its whole grace period before killing it.
+            process.stop(grace=10, sig=signal.SIGINT)
+
+
+def summary(batch: Batch) -> tuple[dict[str, int], float, float]:
+    counts = re.search(
+        r"^summary: (?P<runs>\d+) runs: (?P<completed>\d+) completed, (?P<failed>\d+) failed,"
+        r" (?P<retried>\d+) retried, (?P<unfinished>\d+) unfinished$",
+        batch.submit.output,
+        re.M,
+    )
+    waits = re.search(
+        r"^queue wait \(Scheduled to first Running\): p50 ([\d.]+) s, max ([\d.]+) s$",
+        batch.submit.output,
+        re.M,
+    )
+    assert counts and waits, batch.submit.output
+    return {k: int(v) for k, v in counts.groupdict().items()}, float(waits[1]), float(waits[2])
+
+
+def test_the_summary_matches_the_api(batch):
+    counts, p50, longest = summary(batch)
+    names = {run_id: [s["name"] for s in states] for run_id, states in batch.histories.items()}
+    final = [run["state"]["type"] for run in batch.runs]
+    assert counts == {
+        "runs": len(batch.runs),
+        "completed": final.count("COMPLETED"),
+        "failed": final.count("FAILED"),
+        "retried": sum("Retrying" in history for history in names.values()),
+        "unfinished": 0,
+    }
+    # The mix submit.py promises: ids ending in 9 fail for good, ids ending in 4 once.
+    assert counts == {"runs": RUNS, "completed": 18, "failed": 2, "retried": 4, "unfinished": 0}
+    for run in batch.runs:
+        assert run["flow_run_id"] is None  # background runs belong to no flow run
+        # One attempt per Running or Retrying state.
+        assert run["run_count"] == sum(n in ("Running", "Retrying") for n in names[run["id"]])
+
+    waits = [queue_wait(history) for history in batch.histories.values()]
+    assert p50 == pytest.approx(statistics.median(waits), abs=0.006)
+    assert longest == pytest.approx(max(waits), abs=0.006)
+
+
+def test_submit_prints_only_its_summary_when_not_in_a_terminal(batch):
+    # Prefect's own log lines ("12:00:00.000 | INFO | ...") aside, the live table is never
+    # printed when stdout is a pipe: only the lines a log should keep.
+    own = [
+        line
+        for line in batch.submit.output.splitlines()
+        if line and not re.match(r"^\d\d:\d\d:\d\d\.\d+ \| ", line)
+    ]
+    assert [line.split(":")[0] for line in own] == [
+        f"submitted {RUNS} runs of import_file, tagged {batch.tag}",
+        "summary",
+        "queue wait (Scheduled to first Running)",
+    ], batch.submit.output
+    assert "import_file runs" not in batch.submit.output
+    assert "\u2501" not in batch.submit.output  # no table borders
+
+
+def test_the_status_endpoint_shows_runs_in_flight_then_finished(batch, prefect_server):
+    ids = {run["id"] for run in batch.runs}
+    (key,) = {run["task_key"] for run in batch.runs}
+    assert batch.busy, "no status snapshot caught a run in flight"
+    for snapshot in batch.busy:
+        assert snapshot["limit"] == 4
+        assert snapshot["tasks"] == [key]
+        in_flight = snapshot["in_flight"][key]
+        assert set(in_flight) <= ids
+        assert 0 < len(in_flight) == snapshot["current"] <= 4
+        assert snapshot["available"] == 4 - snapshot["current"]
+        for run_id, started in in_flight.items():
+            # The task server took the run after it was scheduled and before it ended.
+            history = batch.histories[run_id]
+            assert parse_time(history[0]["timestamp"]) <= parse_time(started)
+            assert parse_time(started) <= parse_time(history[-1]["timestamp"])
+    assert max(s["current"] for s in batch.busy) == 4  # the batch filled the task server
+
+    assert batch.idle["in_flight"] == {key: {}}
+    assert batch.idle["current"] == 0 and batch.idle["available"] == 4
+    # "finished" counts runs the task server is done with, failed ones included.
+    assert batch.idle["finished"] == {key: RUNS}
+    assert batch.idle["stopping"] is False
+    assert batch.idle["client_id"].endswith(f"-{batch.task_server.pid}")
+
+
+def test_the_cli_lists_inspects_and_shows_the_logs_of_background_runs(batch, prefect_server):
+    ids = {run["id"] for run in batch.runs}
+    failed = sorted(run["id"] for run in batch.runs if run["state"]["type"] == "FAILED")
+    listed, table, inspected, text = prefect_cli(
+        prefect_server,
+        ["task-run", "ls", "--limit", str(RUNS), "-o", "json"],
+        ["task-run", "ls", "--state-type", "FAILED"],
+        ["task-run", "inspect", failed[0], "-o", "json"],
+        ["task-run", "logs", failed[0]],
+    )
+    # The newest runs on the server are the batch's: `ls` lists exactly them.
+    assert {run["id"] for run in json.loads(listed)} == ids
+    assert set(failed) <= set(re.findall(UUID, table))
+
+    inspected = json.loads(inspected)
+    assert inspected["state"]["name"] == "Failed"
+    assert inspected["run_count"] == 3
+    assert inspected["flow_run_id"] is None
+    assert re.fullmatch(
+        r"Task run encountered an exception ValueError: file (9|19) is corrupt",
+        inspected["state"]["message"],
+    )
+
+    assert re.search(r"attempt 1: importing file (9|19)$", text, re.M), text
+    assert "Retry 1/2 will start 1 second(s) from now" in text
+    assert re.search(r"attempt 3: importing file (9|19)$", text, re.M), text
+    assert "Retries are exhausted" in text
+    assert "ValueError: file" in text  # the traceback is in the API too
+
+
+def test_log_prints_go_to_the_task_server_and_to_the_api(batch, prefect_server):
+    for run in batch.runs:
+        found = logs(prefect_server, run["id"], "attempt 1: importing file")
+        messages = [log["message"] for log in found]
+        file_id = int(re.search(r"importing file (\d+)", messages[0]).group(1))
+        attempts = 3 if file_id in FAILED_FILES else 2 if file_id in FLAKY_FILES else 1
+        for attempt in range(1, attempts + 1):
+            line = f"attempt {attempt}: importing file {file_id}"
+            assert line in messages
+            # The same print in the task server's terminal, behind the run's name.
+            assert f"Task run 'import_file' - {line}" in batch.task_server.output
+        assert all(log["task_run_id"] == run["id"] for log in found)
+        assert all(log["flow_run_id"] is None for log in found)
+    # The submitter only submitted: no task body ran in it.
+    assert "importing file" not in batch.submit.output
+
+
+def test_the_event_stream_shows_every_state_change(batch):
+    for run_id, history in batch.histories.items():
+        for state in history:
+            batch.events.wait_for_line(
+                rf"prefect\.task-run\.{state['name']} prefect\.task-run\.{run_id}$", timeout=30
+            )
+
+
+def test_serve_with_a_status_port_crashes_in_prefect_3_9_1(prefect_server, spawn, tmp_path):
+    """Why task_server.py calls aserve in its own event loop instead of serve()."""
+    script = tmp_path / "serve_with_status.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(STEP)!r})\n"
+        "from prefect.task_worker import serve\n"
+        "from tasks import import_file\n"
+        f"serve(import_file, status_server_port={free_port()})\n"
+    )
+    process = spawn(script)
+    assert process.wait(timeout=120) != 0
+    assert "Cannot call `APILogWorker.flush` from the global event loop" in process.output
