@@ -36,6 +36,7 @@ class Batch:
     submit: Process
     task_server: Process
     events: Process
+    watcher: Process
     tag: str
     runs: list[dict[str, Any]]  # the batch's task runs, read back from the API by tag
     histories: dict[str, list[dict[str, Any]]]  # run id -> states, oldest first
@@ -116,9 +117,12 @@ def batch(prefect_server: PrefectServer) -> Batch:
             echo=False,
         )
         processes.append(events)
+        watcher = prefect_server.spawn(STEP / "watch_failures.py")
+        processes.append(watcher)
         task_server.wait_for_line(rf"^status endpoint: http://127\.0\.0\.1:{port}/status$", 60)
         wait_until_subscribed(prefect_server.api_url, task_server)
         events.wait_for_line(r"Subscribing to event stream", timeout=60)
+        watcher.wait_for_line(r"^watching for failed runs of import_file$", timeout=60)
 
         submit = prefect_server.spawn(STEP / "submit.py")
         processes.append(submit)
@@ -150,7 +154,7 @@ def batch(prefect_server: PrefectServer) -> Batch:
                 "GET", "/task_run_states/", params={"task_run_id": run["id"]}
             )
             histories[run["id"]] = sorted(states, key=lambda s: s["timestamp"])
-        yield Batch(submit, task_server, events, tag.group(1), runs, histories, busy, idle)
+        yield Batch(submit, task_server, events, watcher, tag.group(1), runs, histories, busy, idle)
     finally:
         for process in reversed(processes):
             # Ctrl+C stops the task server at once; SIGTERM would leave it hanging (the lesson
@@ -293,6 +297,20 @@ def test_the_event_stream_shows_every_state_change(batch):
             batch.events.wait_for_line(
                 rf"prefect\.task-run\.{state['name']} prefect\.task-run\.{run_id}$", timeout=30
             )
+
+
+def test_watch_failures_prints_each_failed_run_of_the_batch(batch):
+    failed = {run["id"]: run for run in batch.runs if run["state"]["type"] == "FAILED"}
+    for run_id, run in failed.items():
+        batch.watcher.wait_for_line(
+            rf"^\d\d:\d\d:\d\d prefect\.task-run\.{run_id} Failed \['{batch.tag}'\]:"
+            rf" {re.escape(run['state']['message'])}$",
+            timeout=30,
+        )
+    # Only failures: no other run of the batch shows up. (Connecting replays the last
+    # minute's events, so failures of an earlier batch may show up too.)
+    seen = set(re.findall(rf"prefect\.task-run\.({UUID}) .*'{batch.tag}'", batch.watcher.output))
+    assert seen == set(failed)
 
 
 def test_serve_with_a_status_port_crashes_in_prefect_3_9_1(prefect_server, spawn, tmp_path):
