@@ -4,6 +4,7 @@ submit.py's summary is checked against what the Prefect API says about the same 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -346,3 +347,55 @@ def test_serve_with_a_status_port_crashes_in_prefect_3_9_1(prefect_server, spawn
     process = spawn(script)
     assert process.wait(timeout=120) != 0
     assert "Cannot call `APILogWorker.flush` from the global event loop" in process.output
+
+
+TIMING_OUT = """import asyncio
+
+from prefect import task
+from prefect.task_worker import serve
+
+
+@task(timeout_seconds=1)
+async def import_file(file_id: int) -> str:
+    await asyncio.sleep(10)
+    return "never"
+
+
+if __name__ == "__main__":
+    serve(import_file)
+"""
+
+
+def test_watch_failures_also_sees_runs_that_time_out(batch, prefect_server, task_server, tmp_path):
+    """A timed-out run's event is prefect.task-run.TimedOut, not .Failed: the watcher filters
+    on the state's type, FAILED, and so sees it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    script = tmp_path / "timing_out.py"
+    script.write_text(TIMING_OUT)
+    task_server(script)
+    spec = importlib.util.spec_from_file_location("timing_out", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with temporary_settings(settings):
+        run_id = str(module.import_file.delay(1).task_run_id)
+
+    batch.watcher.wait_for_line(
+        rf"prefect\.task-run\.{run_id} TimedOut \[\]: Task run exceeded timeout of 1\.0 second",
+        timeout=60,
+    )
+    # The server stores events a few seconds after it streams them.
+    deadline = time.monotonic() + 60
+    names: set[str] = set()
+    while "prefect.task-run.TimedOut" not in names:
+        assert time.monotonic() < deadline, f"no TimedOut event stored, only {names}"
+        time.sleep(0.5)
+        events = prefect_server.api(
+            "POST",
+            "/events/filter",
+            json={"filter": {"resource": {"id": [f"prefect.task-run.{run_id}"]}}},
+        )
+        names = {event["event"] for event in events["events"]}
+    assert "prefect.task-run.Failed" not in names
+    assert prefect_server.task_run(run_id)["state"]["type"] == "FAILED"
