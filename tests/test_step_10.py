@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -103,7 +104,7 @@ def logs(server: PrefectServer, run_id: str, *expected: str) -> list[dict[str, A
 
 
 @pytest.fixture(scope="module")
-def batch(prefect_server: PrefectServer) -> Batch:
+def batch(prefect_server: PrefectServer) -> Iterator[Batch]:
     port = free_port()
     processes: list[Process] = []
     try:
@@ -268,12 +269,12 @@ def test_the_cli_lists_inspects_and_shows_the_logs_of_background_runs(batch, pre
     failed = sorted(run["id"] for run in batch.runs if run["state"]["type"] == "FAILED")
     listed, table, inspected, text = prefect_cli(
         prefect_server,
-        ["task-run", "ls", "--limit", str(RUNS), "-o", "json"],
+        ["task-run", "ls", "--task-run-name", "import_file", "--limit", str(RUNS), "-o", "json"],
         ["task-run", "ls", "--state-type", "FAILED"],
         ["task-run", "inspect", failed[0], "-o", "json"],
         ["task-run", "logs", failed[0]],
     )
-    # The newest runs on the server are the batch's: `ls` lists exactly them.
+    # The newest runs of import_file are the batch's: `ls` lists exactly them.
     assert {run["id"] for run in json.loads(listed)} == ids
     assert set(failed) <= set(re.findall(UUID, table))
 
