@@ -31,6 +31,24 @@ FLAKY_FILES = {4, 14}  # ids ending in 4 fail once, then succeed
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
+# A version of import_file whose runs time out: another task key, so its own task server.
+TIMING_OUT = """import asyncio
+
+from prefect import task
+from prefect.task_worker import serve
+
+
+@task(timeout_seconds=1)
+async def import_file(file_id: int) -> str:
+    await asyncio.sleep(10)
+    return "never"
+
+
+if __name__ == "__main__":
+    serve(import_file)
+"""
+
+
 @dataclass
 class Batch:
     """One run of submit.py against a task server of its own, and what was seen meanwhile."""
@@ -39,6 +57,7 @@ class Batch:
     task_server: Process
     events: Process
     watcher: Process
+    timing_out: Path  # TIMING_OUT's file, which a task server of its own serves
     tag: str
     runs: list[dict[str, Any]]  # the batch's task runs, read back from the API by tag
     histories: dict[str, list[dict[str, Any]]]  # run id -> states, oldest first
@@ -104,8 +123,12 @@ def logs(server: PrefectServer, run_id: str, *expected: str) -> list[dict[str, A
 
 
 @pytest.fixture(scope="module")
-def batch(prefect_server: PrefectServer) -> Iterator[Batch]:
+def batch(
+    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Batch]:
     port = free_port()
+    timing_out = tmp_path_factory.mktemp("step10") / "timing_out.py"
+    timing_out.write_text(TIMING_OUT)
     processes: list[Process] = []
     try:
         task_server = prefect_server.spawn(
@@ -122,8 +145,11 @@ def batch(prefect_server: PrefectServer) -> Iterator[Batch]:
         processes.append(events)
         watcher = prefect_server.spawn(STEP / "watch_failures.py")
         processes.append(watcher)
+        timing_out_server = prefect_server.spawn(timing_out)
+        processes.append(timing_out_server)
         task_server.wait_for_line(rf"^status endpoint: http://127\.0\.0\.1:{port}/status$", 60)
         wait_until_subscribed(prefect_server.api_url, task_server)
+        wait_until_subscribed(prefect_server.api_url, timing_out_server)
         events.wait_for_line(r"Subscribing to event stream", timeout=60)
         watcher.wait_for_line(r"^watching for failed runs of import_file$", timeout=60)
 
@@ -170,7 +196,17 @@ def batch(prefect_server: PrefectServer) -> Iterator[Batch]:
             )
             histories[run["id"]] = sorted(states, key=lambda s: s["timestamp"])
         yield Batch(
-            submit, task_server, events, watcher, tag.group(1), runs, histories, before, busy, idle
+            submit,
+            task_server,
+            events,
+            watcher,
+            timing_out,
+            tag.group(1),
+            runs,
+            histories,
+            before,
+            busy,
+            idle,
         )
     finally:
         for process in reversed(processes):
@@ -349,32 +385,12 @@ def test_serve_with_a_status_port_crashes_in_prefect_3_9_1(prefect_server, spawn
     assert "Cannot call `APILogWorker.flush` from the global event loop" in process.output
 
 
-TIMING_OUT = """import asyncio
-
-from prefect import task
-from prefect.task_worker import serve
-
-
-@task(timeout_seconds=1)
-async def import_file(file_id: int) -> str:
-    await asyncio.sleep(10)
-    return "never"
-
-
-if __name__ == "__main__":
-    serve(import_file)
-"""
-
-
-def test_watch_failures_also_sees_runs_that_time_out(batch, prefect_server, task_server, tmp_path):
+def test_watch_failures_also_sees_runs_that_time_out(batch, prefect_server):
     """A timed-out run's event is prefect.task-run.TimedOut, not .Failed: the watcher filters
     on the state's type, FAILED, and so sees it."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    script = tmp_path / "timing_out.py"
-    script.write_text(TIMING_OUT)
-    task_server(script)
-    spec = importlib.util.spec_from_file_location("timing_out", script)
+    spec = importlib.util.spec_from_file_location("timing_out", batch.timing_out)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
