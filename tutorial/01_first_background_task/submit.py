@@ -4,6 +4,21 @@ from prefect.utilities.urls import url_for
 
 from tasks import send_welcome_email
 
+
+def retry_no_state(call, timeout: float, **kwargs):
+    """Call future.wait or future.result, again while the run reads as having no state."""
+    # On SQLite, Prefect 3.9 can show a run for a moment with no state, and result() then
+    # raises RuntimeError("... has no state ...") at once. Step 02 explains it.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(timeout=max(deadline - time.monotonic(), 0.1), **kwargs)
+        except RuntimeError as exc:
+            if "has no state" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 if __name__ == "__main__":
     # Called like a function, a task runs right here and blocks until it is done.
     started = time.perf_counter()
@@ -19,4 +34,4 @@ if __name__ == "__main__":
     print(f"  watch it in the UI: {url_for(future)}")
 
     # Always bound the wait: with no timeout, result() can wait forever.
-    print(f"background: {future.result(timeout=60)}")
+    print(f"background: {retry_no_state(future.result, timeout=60)}")

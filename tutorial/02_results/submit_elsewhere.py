@@ -3,6 +3,7 @@ import tempfile
 
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from submit import retry_no_state
 
 from tasks import add
 
@@ -16,7 +17,7 @@ if __name__ == "__main__":
         print(f"submitted task run {future.task_run_id}")
         print(f"  its parameters went to {elsewhere}/parameters/")
         try:
-            value = future.result(timeout=15)
+            value = retry_no_state(future.result, timeout=15)
         except (ObjectNotFound, TimeoutError) as exc:
             print(f"result() raised {type(exc).__name__}: the run never ran")
             print(f"  future.state now reads {future.state.name}")

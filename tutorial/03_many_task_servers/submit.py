@@ -1,4 +1,5 @@
 import sys
+import time
 from collections import defaultdict
 
 from tasks import resize_image
@@ -15,6 +16,20 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
+def retry_no_state(call, timeout: float, **kwargs):
+    """Call future.wait or future.result, again while the run reads as having no state."""
+    # On SQLite, Prefect 3.9 can show a run for a moment with no state, and result() then
+    # raises RuntimeError("... has no state ...") at once. Step 02 explains it.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(timeout=max(deadline - time.monotonic(), 0.1), **kwargs)
+        except RuntimeError as exc:
+            if "has no state" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 if __name__ == "__main__":
     # Fan out with a loop of .delay() ...
     futures = [resize_image.delay(f"photo-{i}.jpg") for i in range(6)]
@@ -22,7 +37,7 @@ if __name__ == "__main__":
     futures += resize_image.map([f"scan-{i}.png" for i in range(6)], deferred=True)
     print(f"submitted {len(futures)} runs")
 
-    results = [future.result(timeout=120) for future in futures]
+    results = [retry_no_state(future.result, timeout=120) for future in futures]
     t0 = min(r.started for r in results)
     by_server = defaultdict(list)
     for future, r in zip(futures, results, strict=True):

@@ -1,6 +1,7 @@
 import asyncio
 import itertools
 import sys
+import time
 
 from tasks import fetch_report
 
@@ -13,6 +14,20 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
     return max(itertools.accumulate(step for _, step in edges))
 
 
+async def retry_no_state(call, timeout: float, **kwargs):
+    """Await future.wait_async or future.result_async, again while the run has no state."""
+    # On SQLite, Prefect 3.9 can show a run for a moment with no state, and result_async()
+    # then raises RuntimeError("... has no state ...") at once. Step 02 explains it.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call(timeout=max(deadline - time.monotonic(), 0.1), **kwargs)
+        except RuntimeError as exc:
+            if "has no state" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def main() -> int:
     # .delay() is synchronous: it writes the parameters and calls the API before it returns.
     # In async code, run it in a thread so the event loop keeps serving meanwhile.
@@ -20,7 +35,7 @@ async def main() -> int:
     print(f"submitted {RUNS} runs of fetch_report")
 
     # result_async() is the awaitable twin of result(); bound it the same way.
-    results = await asyncio.gather(*(f.result_async(timeout=120) for f in futures))
+    results = await asyncio.gather(*(retry_no_state(f.result_async, timeout=120) for f in futures))
 
     first = min(r["started"] for r in results)
     for r in results:
