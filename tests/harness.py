@@ -7,7 +7,7 @@ import importlib.util
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +49,22 @@ def step_tasks(step: Path) -> Iterator[Any]:
             del sys.modules["tasks"]
         else:
             sys.modules["tasks"] = saved
+
+
+def wait_for(
+    read: Callable[[], Any],
+    done: Callable[[Any], object] = bool,
+    timeout: float = 60,
+    interval: float = 0.2,
+    what: str = "gave up waiting",
+) -> Any:
+    """Call `read()` until `done(value)` holds and return that value; fail the test with the
+    last value read once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not done(value := read()):
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s; last: {value!r}"
+        time.sleep(interval)
+    return value
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sqlite3
 from pathlib import Path
+from types import ModuleType
 
 import httpx
-from harness import UUID, step_dir, step_tasks
+import pytest
+from harness import UUID, step_dir, step_tasks, wait_for
 
 STEP = step_dir(2)
 INVOICE = "Invoice(order_id=42, total_cents=2499, currency='EUR')"
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a step's script as a module (its `if __name__ == "__main__"` part does not run)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def latest_run(prefect_server, name: str) -> dict:
@@ -118,3 +130,47 @@ def test_a_shared_local_storage_path_works(prefect_server, task_server, tmp_path
     ]
     assert (shared / "parameters" / parameters_id).is_file()
     assert not (prefect_server.home / "storage" / "parameters" / parameters_id).exists()
+
+
+def test_result_raises_while_a_run_has_no_state_and_retry_no_state_waits(
+    prefect_server, task_server
+):
+    """The server records a state a task server reports in two writes, the run's pointer to
+    its new state and then the state itself, and with SQLite they are not one transaction.
+    Here the second write is made to fail (a trigger in the server's database) for one run's
+    Completed state, so the gap between the two stays open: the run reads as having no
+    state, result() raises at once, and submit.py's retry_no_state waits until the server
+    writes the state on its next try. If both writes ever become one transaction, the run
+    reads Running instead and this test fails: then the retry is no longer needed."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    database = sqlite3.connect(prefect_server.home / "prefect.db", timeout=30)
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with temporary_settings(settings), step_tasks(STEP) as tasks:
+        retry_no_state = load_script(STEP / "submit.py").retry_no_state
+        future = tasks.add.delay(2, 3)  # no task server yet: it waits, Scheduled
+        run_id = str(future.task_run_id)
+        with database:
+            database.execute(
+                "CREATE TRIGGER hold_back_state BEFORE INSERT ON task_run_state"
+                f" WHEN NEW.task_run_id = '{run_id}' AND NEW.type = 'COMPLETED'"
+                " BEGIN SELECT RAISE(ABORT, 'held back by the test'); END"
+            )
+        try:
+            task_server(STEP / "task_server.py")
+            # The first write lands: the run points at a Completed state that is not there.
+            run = wait_for(
+                lambda: prefect_server.task_run(run_id),
+                lambda run: run["state_type"] == "COMPLETED",
+                timeout=60,
+            )
+            assert run["state"] is None and run["state_id"]
+            with pytest.raises(RuntimeError, match=f"Task run {run_id} has no state"):
+                future.result(timeout=30)
+        finally:
+            with database:
+                database.execute("DROP TRIGGER IF EXISTS hold_back_state")
+            database.close()
+        # The server writes the state when it retries (within seconds); the retry waits.
+        assert retry_no_state(future.result, timeout=60) == 5
+    assert prefect_server.task_run(run_id)["state"]["name"] == "Completed"
