@@ -2,10 +2,9 @@
 
 import re
 import shutil
-import time
 
 import httpx
-from harness import UUID, most_at_once, step_dir
+from harness import UUID, most_at_once, step_dir, wait_for
 
 STEP = step_dir(7)
 # A start is recorded a moment after the server granted its slot; allow this much.
@@ -28,19 +27,10 @@ def rate_limit_violations(starts, limit, per_second):
     ]
 
 
-def eventually(read, done, timeout=60):
-    """Poll `read()` until `done(value)`, then return the value; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not done(value := read()):
-        assert time.monotonic() < deadline, f"gave up waiting; last value: {value!r}"
-        time.sleep(0.2)
-    return value
-
-
 def received(server, task_name, count):
     """The ids of the runs of `task_name` the task server received, once there are `count`."""
     pattern = re.compile(rf"Received task run: ({UUID}) - {task_name}$", re.M)
-    return eventually(lambda: pattern.findall(server.output), lambda ids: len(ids) >= count)
+    return wait_for(lambda: pattern.findall(server.output), lambda ids: len(ids) >= count)
 
 
 def start_queued_first(spawn, task_server, folder):
@@ -125,9 +115,12 @@ def test_a_missing_limit_is_skipped_unless_strict(prefect_server, spawn, task_se
     )
 
     for run_id in received(server, "send_sms", 5):
-        run = eventually(
+        # A run can read for a moment with no state while the server records a new one.
+        run = wait_for(
             lambda run_id=run_id: prefect_server.task_run(run_id),
-            lambda run: run["state"]["type"] not in ("SCHEDULED", "PENDING", "RUNNING"),
+            lambda run: (
+                run["state"] and run["state"]["type"] not in ("SCHEDULED", "PENDING", "RUNNING")
+            ),
         )
         assert run["state"]["type"] == "FAILED"
         assert "must be created before acquiring slots" in run["state"]["message"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import free_port, step_dir
+from harness import free_port, step_dir, wait_for
 from sqlalchemy import create_engine, text
 
 from tutorial.runner import Process, wait_until_subscribed
@@ -61,23 +60,21 @@ def app(prefect_server, spawn, api_server, tmp_path) -> App:
 
 def wait_for_jobs(client: httpx.Client, location: str, timeout: float = 60) -> dict:
     """Poll the user until every job has finished; the user as last read."""
-    deadline = time.monotonic() + timeout
-    while True:
-        user = client.get(location).raise_for_status().json()
-        if all(job["status"] in FINAL for job in user["jobs"]):
-            return user
-        assert time.monotonic() < deadline, f"jobs not finished within {timeout} s: {user}"
-        time.sleep(0.2)
+    return wait_for(
+        lambda: client.get(location).raise_for_status().json(),
+        lambda user: all(job["status"] in FINAL for job in user["jobs"]),
+        timeout,
+        what="jobs not finished",
+    )
 
 
 def wait_for_runs(prefect_server, run_ids: list[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        states = [prefect_server.task_run(r)["state"] for r in run_ids]
-        if all(s and s["type"] in {"COMPLETED", "FAILED", "CRASHED"} for s in states):
-            return
-        assert time.monotonic() < deadline, f"runs not finished within {timeout} s: {states}"
-        time.sleep(0.2)
+    wait_for(
+        lambda: [prefect_server.task_run(r)["state"] for r in run_ids],
+        lambda states: all(s and s["type"] in {"COMPLETED", "FAILED", "CRASHED"} for s in states),
+        timeout,
+        what="runs not finished",
+    )
 
 
 def task_run_count(prefect_server) -> int:

@@ -8,14 +8,13 @@ import inspect
 import re
 import shutil
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from harness import UUID, clean_env, step_dir
+from harness import UUID, clean_env, step_dir, wait_for
 
 from tutorial.runner import Process, free_port
 
@@ -49,11 +48,13 @@ def start_worker(started: list[Process], label: str, argv: list[str], redis_url:
 
 def wait_for_lines(process: Process, pattern: str, count: int, timeout: float = 10) -> None:
     """Wait until exactly `count` output lines match: the log may trail the results a little."""
-    deadline = time.monotonic() + timeout
-    while len(found := re.findall(pattern, process.output)) < count:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    found = wait_for(
+        lambda: re.findall(pattern, process.output),
+        lambda found: len(found) >= count,
+        timeout,
+        interval=0.1,
+        what=f"{process.label}: {count} lines matching {pattern!r}",
+    )
     assert len(found) == count, f"{process.label}: {pattern!r}:\n{process.output}"
 
 
@@ -200,20 +201,13 @@ def test_a_future_scheduled_time_does_not_delay_a_background_run(
         },
     )
 
-    deadline = time.monotonic() + 30
-    while prefect_server.task_run(run["id"])["state"]["type"] != "COMPLETED":
-        assert time.monotonic() < deadline, prefect_server.task_run(run["id"])["state"]
-        time.sleep(0.2)
+    wait_for(
+        lambda: prefect_server.task_run(run["id"])["state"],
+        lambda state: state and state["type"] == "COMPLETED",
+        timeout=30,
+        what="the ping run to complete",
+    )
     assert prefect_server.result(run["id"]) < scheduled_time.timestamp() - 30
-
-
-def wait_for(read, done, timeout: float, what: str):
-    """Call `read` until `done(value)` holds; fail with the last value after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not done(value := read()):
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s; last: {value!r}"
-        time.sleep(0.5)
-    return value
 
 
 def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server, spawn):
@@ -231,6 +225,7 @@ def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server,
         ),
         lambda found: len(found) == 1 or not periodic.running(),
         timeout=120,
+        interval=0.5,
         what="the deployment nightly-album",
     )
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
@@ -244,6 +239,7 @@ def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server,
         lambda: prefect_server.api("GET", f"/flow_runs/{flow_run['id']}")["state"],
         lambda s: s["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"},
         timeout=180,
+        interval=0.5,
         what="the triggered flow run to finish",
     )
     assert state["type"] == "COMPLETED", periodic.output
