@@ -3,8 +3,8 @@ import tempfile
 
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-from submit import retry_no_state
 
+from submit import retry_no_state
 from tasks import add
 
 if __name__ == "__main__":
