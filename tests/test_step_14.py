@@ -1,0 +1,138 @@
+"""Step 14: the naive and the fast way to submit many runs; every run completes either way.
+
+Speed is never asserted here (the benchmarks measure it); the tests check that both ways
+submit every run, that every run completes with the right result, and the reason the fast
+way is cheaper: it opens no new API client per run.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+import pytest
+from harness import step_dir, step_tasks
+
+from tutorial.runner import Process
+
+STEP = step_dir(14)
+RUNS = 20
+FINAL = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
+
+
+def count_runs(prefect_server, state_types: list[str] | None = None) -> int:
+    """How many runs of the step's task the server holds (in the given state types)."""
+    task_runs: dict = {"name": {"any_": ["add_one"]}}
+    if state_types:
+        task_runs["state"] = {"type": {"any_": state_types}}
+    return prefect_server.api("POST", "/task_runs/count", json={"task_runs": task_runs})
+
+
+def newest_run(prefect_server) -> dict:
+    runs = prefect_server.api(
+        "POST",
+        "/task_runs/filter",
+        json={
+            "task_runs": {"name": {"any_": ["add_one"]}},
+            "sort": "EXPECTED_START_TIME_DESC",
+            "limit": 1,
+        },
+    )
+    return runs[0]
+
+
+def test_both_ways_complete_every_run(prefect_server, task_server, started):
+    task_server(STEP / "task_server.py")
+    before = count_runs(prefect_server)
+
+    # submit.py takes the number of runs as its argument.
+    argv = [sys.executable, str(STEP / "submit.py"), str(RUNS)]
+    started.append(submit := Process("submit", argv, env=prefect_server.env, echo=False))
+    assert submit.wait(timeout=300) == 0, submit.output
+
+    for way in ("naive", "fast "):
+        line = re.search(
+            rf"^{way}: (\d+) runs submitted in .*, (\d+) completed with", submit.output, re.M
+        )
+        assert line, submit.output
+        assert line.groups() == (str(RUNS), str(RUNS)), line.group(0)
+
+    # What the API holds: 2 x RUNS new runs, all Completed, none left waiting.
+    assert count_runs(prefect_server) - before == 2 * RUNS
+    assert count_runs(prefect_server, FINAL) - before == 2 * RUNS
+    assert count_runs(prefect_server, ["COMPLETED"]) - before == 2 * RUNS
+
+    # The last run came from create_run: a background run like any other.
+    run = newest_run(prefect_server)
+    assert run["flow_run_id"] is None
+    assert run["task_key"].startswith("add_one-")
+    assert prefect_server.state_names(run["id"]) == ["Scheduled", "Pending", "Running", "Completed"]
+    with step_tasks(STEP):
+        assert prefect_server.result(run["id"]) == RUNS  # add_one(RUNS - 1)
+
+
+@pytest.fixture
+def clients_opened(prefect_server, monkeypatch):
+    """Point this process at the session's server and count the API clients it opens."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    opened = []
+    original = PrefectClient.__init__
+
+    def counting_init(self, *args, **kwargs):
+        opened.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrefectClient, "__init__", counting_init)
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with temporary_settings(settings):
+        yield opened
+
+
+def wait_until_completed(prefect_server, run_ids: list[str], timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [prefect_server.task_run(i)["state"]["type"] for i in run_ids]
+        if all(s in FINAL for s in states) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def test_delay_opens_a_client_per_run_and_create_run_reuses_one(
+    prefect_server, task_server, clients_opened
+):
+    """Why the fast way is cheaper: .delay() (and .map) open a new API client per run."""
+    import asyncio
+
+    from prefect import get_client
+
+    task_server(STEP / "task_server.py")
+    with step_tasks(STEP) as tasks:
+        # The first .delay() in a process also opens a client for Prefect's events worker.
+        futures = [tasks.add_one.delay(-1)]
+        clients_opened.clear()
+        futures += [tasks.add_one.delay(n) for n in range(3)]
+        futures += tasks.add_one.map([3, 4, 5], deferred=True)
+        assert len(futures) == 7
+        assert len(clients_opened) == 6  # one new client (and TLS context) per run
+
+        async def fast() -> list:
+            async with get_client() as client:
+                return [
+                    await tasks.add_one.create_run(
+                        client=client, parameters={"n": n}, deferred=True
+                    )
+                    for n in range(3)
+                ]
+
+        clients_opened.clear()
+        runs = asyncio.run(fast())
+        assert len(runs) == 3
+        assert len(clients_opened) == 1  # the one get_client() above
+        assert all(run.state.name == "Scheduled" for run in runs)
+
+    # Both kinds of run are delivered and completed alike.
+    run_ids = [str(f.task_run_id) for f in futures] + [str(run.id) for run in runs]
+    assert wait_until_completed(prefect_server, run_ids, timeout=120) == ["COMPLETED"] * 10
