@@ -8,7 +8,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 
 from tasks import add_one
 
-RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 50
 
 
 # region naive
