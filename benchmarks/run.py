@@ -1,0 +1,467 @@
+"""The cost of offloading, measured: one command, every setup, on this machine.
+
+    uv run python -m benchmarks.run            the full run (about 10 minutes on 2 cores)
+    uv run python -m benchmarks.run --quick    tiny counts, to check that everything works
+
+Each setup gets its own fresh Prefect server (temporary home, free port) or its own Redis,
+started and stopped here. The setups run one after the other, and every job they submit must
+come back, or the run exits non-zero. Prints a table and writes results/latest.json and
+results/latest.png (or into --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+
+from benchmarks import load, report
+from benchmarks.measure import parse
+from tutorial.runner import (
+    ROOT,
+    Process,
+    Step,
+    free_port,
+    server_is_up,
+    uvicorn_argv,
+    wait_until_answering,
+    wait_until_subscribed,
+)
+
+STEP_08 = ROOT / "tutorial" / "08_fastapi_jobs"
+RESULTS = ROOT / "benchmarks" / "results"
+PYTHON = sys.executable
+START_TIMEOUT = 180.0
+
+
+@dataclass
+class Config:
+    noops: int = 500  # no-op jobs: submit latency, end-to-end throughput, queue latency
+    pauses: int = 200  # 50 ms jobs, run 10 at a time
+    concurrency: int = 10  # job slots per setup, in total
+    clients: int = 20  # concurrent POST /jobs clients
+    requests_per_client: int = 5
+
+    def timeout(self, count: int) -> float:
+        """How long a phase may take before its missing jobs count as lost."""
+        return 120 + count * 0.5
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process a setup starts; all of them are stopped when the setup ends, however
+    it ends (the children also get SIGTERM if this process dies: see tutorial/runner.py)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[Process] = []
+
+    def start(self, label: str, argv: list[str], env: dict[str, str]) -> Process:
+        process = Process(label, argv, env=env, log_file=self.log(label))
+        self.started.append(process)
+        return process
+
+    def log(self, label: str) -> Path:
+        return self.logs / f"{label}.log"
+
+    def wait_for_log(self, process: Process, text: str, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        log = self.log(process.label)
+        while text not in log.read_text(errors="replace"):
+            if not process.running():
+                raise RuntimeError(f"{process.label} exited with code {process.code}:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{process.label}: no {text!r} within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def stop(self, process: Process) -> None:
+        process.stop()
+        self.started.remove(process)
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.stop(self.started[-1])
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This environment without the caller's Prefect settings or Redis URL, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "REDIS_URL"}
+    return {**env, **settings}
+
+
+def submitter(processes: Processes, label: str, argv: list[str], env: dict, timeout: float) -> dict:
+    """Run a submitter to the end and return its report."""
+    process = processes.start(label, argv, env)
+    try:
+        process.wait(timeout=timeout + 120)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{label} did not finish within {timeout + 120:.0f} s") from None
+    finally:
+        processes.stop(process)
+    try:
+        return parse(processes.log(label).read_text(errors="replace"))
+    except ValueError:
+        raise RuntimeError(f"{label} printed no result:\n{tail(processes.log(label))}") from None
+
+
+def drive_api(processes: Processes, process: Process, port: int, config: Config) -> dict:
+    url = f"http://127.0.0.1:{port}"
+    wait_until_answering(f"{url}/health", process, timeout=START_TIMEOUT)
+    jobs = config.clients * config.requests_per_client
+    return asyncio.run(
+        load.drive(url, config.clients, config.requests_per_client, config.timeout(jobs))
+    )
+
+
+# --- the setups -------------------------------------------------------------------------
+
+
+def start_prefect_server(processes: Processes, home: Path) -> tuple[str, dict[str, str]]:
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home))
+    argv = [PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    server = processes.start("prefect-server", [*argv, "--port", str(port), "--no-ui"], env)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not server_is_up(api_url):
+        if not server.running() or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the Prefect server did not start:\n{tail(processes.log(server.label))}"
+            )
+        time.sleep(0.25)
+    return api_url, env
+
+
+def count_task_runs(api_url: str, state_type: str | None = None) -> int:
+    body = {"task_runs": {"state": {"type": {"any_": [state_type]}}}} if state_type else {}
+    response = httpx.post(f"{api_url}/task_runs/count", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+@dataclass
+class PrefectSetup:
+    name: str
+    label: str
+    description: str
+    style: str  # how submit_prefect.py submits: naive or recommended
+    task_servers: int  # processes; the job slots are shared out between them
+    api_task_servers: int  # step 08's task_server.py, started this many times
+
+    def run(self, config: Config, processes: Processes, workdir: Path) -> dict:
+        api_url, env = start_prefect_server(processes, workdir / "prefect-home")
+        limit = max(config.concurrency // self.task_servers, 1)
+        servers = [
+            processes.start(
+                f"task-server-{n}",
+                [PYTHON, "-m", "benchmarks.prefect_task_server", str(limit)],
+                env,
+            )
+            for n in range(1, self.task_servers + 1)
+        ]
+        for server in servers:
+            wait_until_subscribed(api_url, server)
+        result = {}
+        for job, count in (("noop", config.noops), ("pause", config.pauses)):
+            argv = [PYTHON, "-m", "benchmarks.submit_prefect", self.style, job, str(count)]
+            timeout = config.timeout(count)
+            result[job] = submitter(processes, f"submit-{job}", [*argv, str(timeout)], env, timeout)
+        for server in servers:
+            processes.stop(server)
+
+        # Step 08's app and task server, as they are in the tutorial.
+        for n in range(1, self.api_task_servers + 1):
+            server = processes.start(
+                f"step-08-task-server-{n}", [PYTHON, str(STEP_08 / "task_server.py")], env
+            )
+            wait_until_subscribed(api_url, server)
+        port = free_port()
+        api = processes.start("step-08-api", uvicorn_argv(Step(STEP_08), port), env)
+        result["api"] = drive_api(processes, api, port, config)
+
+        result["prefect_api"] = {
+            "task_runs": count_task_runs(api_url),
+            "completed": count_task_runs(api_url, "COMPLETED"),
+        }
+        return result
+
+
+def start_redis(processes: Processes) -> str:
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    redis = processes.start("redis", [*argv, "--save", "", "--appendonly", "no"], clean_env())
+    processes.wait_for_log(redis, "Ready to accept connections", timeout=30)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def redis_env(redis_url: str) -> dict[str, str]:
+    # Step 08's folder is importable, for its Document model and scoring function.
+    return clean_env(REDIS_URL=redis_url, PYTHONPATH=os.pathsep.join([str(ROOT), str(STEP_08)]))
+
+
+@dataclass
+class CelerySetup:
+    name: str = "celery"
+    label: str = "Celery + Redis"
+    description: str = "Celery worker (prefork pool, -c 10), Redis as broker and result backend"
+
+    def run(self, config: Config, processes: Processes, workdir: Path) -> dict:
+        env = redis_env(start_redis(processes))
+        argv = [PYTHON, "-m", "celery", "-A", "benchmarks.celery_jobs", "worker"]
+        argv += ["-c", str(config.concurrency), "--loglevel=INFO"]
+        worker = processes.start("celery-worker", argv, env)
+        processes.wait_for_log(worker, " ready.")
+        result = {}
+        for job, count in (("noop", config.noops), ("pause", config.pauses)):
+            timeout = config.timeout(count)
+            argv = [PYTHON, "-m", "benchmarks.submit_celery", job, str(count), str(timeout)]
+            result[job] = submitter(processes, f"submit-{job}", argv, env, timeout)
+        port = free_port()
+        argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_celery:app", "--port", str(port)]
+        api = processes.start("api", argv, env)
+        result["api"] = drive_api(processes, api, port, config)
+        return result
+
+
+@dataclass
+class ArqSetup:
+    name: str = "arq"
+    label: str = "arq + Redis"
+    description: str = "arq worker (max_jobs 10, async jobs), Redis as queue and result store"
+
+    def run(self, config: Config, processes: Processes, workdir: Path) -> dict:
+        env = redis_env(start_redis(processes))
+        env["WORKER_CONCURRENCY"] = str(config.concurrency)
+        worker = processes.start(
+            "arq-worker", [PYTHON, "-m", "arq", "benchmarks.arq_jobs.WorkerSettings"], env
+        )
+        processes.wait_for_log(worker, "Starting worker for")
+        result = {}
+        for job, count in (("noop", config.noops), ("pause", config.pauses)):
+            timeout = config.timeout(count)
+            argv = [PYTHON, "-m", "benchmarks.submit_arq", job, str(count), str(timeout)]
+            result[job] = submitter(processes, f"submit-{job}", argv, env, timeout)
+        port = free_port()
+        argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_arq:app", "--port", str(port)]
+        api = processes.start("api", argv, env)
+        result["api"] = drive_api(processes, api, port, config)
+        return result
+
+
+SETUPS = {
+    "naive": PrefectSetup(
+        name="naive",
+        label="Prefect, naive",
+        description="SQLite server, one task server (limit 10), a plain loop of .delay(),"
+        " future.result() one by one; step 08's app with one task server",
+        style="naive",
+        task_servers=1,
+        api_task_servers=1,
+    ),
+    "recommended": PrefectSetup(
+        name="recommended",
+        label="Prefect, recommended",
+        description="SQLite server, two task servers (limit 5 each), .map(..., deferred=True)"
+        " in batches of 50; step 08's app with two task servers",
+        style="recommended",
+        task_servers=2,
+        api_task_servers=2,
+    ),
+    "celery": CelerySetup(),
+    "arq": ArqSetup(),
+}
+
+
+# --- checking and recording -------------------------------------------------------------
+
+
+def completions(result: dict) -> dict:
+    """Every job must come back: count them per phase, and in Prefect's API."""
+    expected = completed = 0
+    for phase in ("noop", "pause"):
+        if phase in result:
+            expected += result[phase]["expected"]
+            completed += result[phase]["completed"]
+    if "api" in result:
+        expected += result["api"]["requests"]
+        completed += result["api"]["completed"]
+    counts = {"expected": expected, "completed": completed}
+    if "prefect_api" in result:
+        counts["completed_in_prefect_api"] = result["prefect_api"]["completed"]
+        counts["task_runs_in_prefect_api"] = result["prefect_api"]["task_runs"]
+    return counts
+
+
+def all_done(counts: dict) -> bool:
+    if counts["completed"] != counts["expected"]:
+        return False
+    in_api = counts.get("completed_in_prefect_api", counts["expected"])
+    return in_api == counts["expected"] == counts.get("task_runs_in_prefect_api", in_api)
+
+
+def run_setup(setup, config: Config, workdir: Path) -> dict:
+    say(f"=== {setup.label}: {setup.description}")
+    record = {"label": setup.label, "description": setup.description}
+    record["load_average_before"] = os.getloadavg()
+    started = time.monotonic()
+    logs = workdir / setup.name
+    logs.mkdir()
+    processes = Processes(logs)
+    try:
+        record.update(setup.run(config, processes, logs))
+        record["error"] = None
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"    failed: {record['error']}")
+    finally:
+        processes.stop_all()
+    record["seconds"] = round(time.monotonic() - started, 1)
+    record["load_average_after"] = os.getloadavg()
+    record["completions"] = completions(record)
+    record["ok"] = record["error"] is None and all_done(record["completions"])
+    counts = record["completions"]
+    say(
+        f"    {counts['completed']}/{counts['expected']} jobs back in {record['seconds']} s"
+        + (
+            f", {counts['completed_in_prefect_api']} Completed in Prefect's API"
+            if "completed_in_prefect_api" in counts
+            else ""
+        )
+    )
+    return record
+
+
+def machine() -> dict:
+    model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with open("/proc/meminfo") as meminfo:
+        memory = f"{int(meminfo.readline().split()[1]) // 1024**2} GiB"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "memory": memory,
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in ("prefect", "celery", "arq", "redis", "fastapi", "uvicorn", "httpx"):
+        found[package] = version(package)
+    redis_server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    found["redis-server"] = next(
+        (w.removeprefix("v=") for w in redis_server.stdout.split() if w.startswith("v=")), "?"
+    )
+    return found
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
+    parser.add_argument("--n", type=int, help="no-op jobs per setup (default 500, quick 20)")
+    parser.add_argument("--pauses", type=int, help="50 ms jobs per setup (default 200, quick 20)")
+    parser.add_argument("--requests", type=int, help="POST /jobs per client (default 5, quick 1)")
+    parser.add_argument("--setups", default=",".join(SETUPS), help="which, comma-separated")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/.png go")
+    args = parser.parse_args(argv)
+    config = Config(noops=20, pauses=20, requests_per_client=1) if args.quick else Config()
+    if args.n is not None:
+        config.noops = args.n
+    if args.pauses is not None:
+        config.pauses = args.pauses
+    if args.requests is not None:
+        config.requests_per_client = args.requests
+    unknown = set(args.setups.split(",")) - set(SETUPS)
+    if unknown:
+        parser.error(f"unknown setups {sorted(unknown)}; known: {', '.join(SETUPS)}")
+    return args, config
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse_args(argv)
+    os.chdir(ROOT)  # Prefect reads the repo's pyproject.toml from the current folder
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
+    if shutil.which("redis-server") is None:
+        say("benchmarks: redis-server is not installed (Debian: apt-get install redis-server)")
+        return 2
+    started = datetime.now(UTC)
+    results = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "command": "uv run python -m benchmarks.run "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "config": asdict(config),
+        "machine": machine(),
+        "versions": versions(),
+        "load_average_start": os.getloadavg(),
+        "setups": {},
+    }
+    say(
+        f"Benchmarking on {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}),"
+        f" load average {' '.join(f'{x:.2f}' for x in results['load_average_start'])}"
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="benchmarks-") as workdir:
+            for name in args.setups.split(","):
+                results["setups"][name] = run_setup(SETUPS[name], config, Path(workdir))
+    except KeyboardInterrupt:
+        say("benchmarks: interrupted; everything it started has been stopped")
+        return 130
+    results["load_average_end"] = os.getloadavg()
+    results["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    results["all_completed"] = all(s["ok"] for s in results["setups"].values())
+    results["table"] = report.table(results)
+    say()
+    say(results["table"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.chart(results, args.out / "latest.png")
+    say(f"Wrote {args.out / 'latest.json'} and {args.out / 'latest.png'}")
+    if not results["all_completed"]:
+        failed = [n for n, s in results["setups"].items() if not s["ok"]]
+        say(f"benchmarks: not every job completed in: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

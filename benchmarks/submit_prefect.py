@@ -1,0 +1,70 @@
+"""Submit COUNT jobs to Prefect task servers, wait for every result, print the timings.
+
+python -m benchmarks.submit_prefect naive|recommended noop|pause COUNT TIMEOUT
+"""
+
+import sys
+import time
+
+from benchmarks.measure import Recorder
+from benchmarks.prefect_jobs import JOBS
+
+BATCH = 50
+
+
+def result(future, deadline: float) -> float:
+    # Just after .delay() a run can exist for a moment without a state (seen on SQLite), and
+    # result() then raises "has no state" at once instead of waiting: ask again.
+    while True:
+        try:
+            return future.result(timeout=max(deadline - time.monotonic(), 0.1))
+        except RuntimeError as exc:
+            if "has no state" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def collect(futures: list, recorder: Recorder, deadline: float) -> None:
+    for index, future in enumerate(futures):
+        try:
+            recorder.result(index, result(future, deadline))
+        except Exception as exc:
+            recorder.error(f"{future.task_run_id}: {exc!r}")
+
+
+def naive(task, count: int, recorder: Recorder) -> list:
+    """A plain loop of .delay(): one API client, one parameters file and one POST per call."""
+    futures = []
+    recorder.begin()
+    for index in range(count):
+        started = time.perf_counter()
+        futures.append(task.delay(index))
+        recorder.submitted(time.perf_counter() - started)
+    return futures
+
+
+def recommended(task, count: int, recorder: Recorder) -> list:
+    """.map(..., deferred=True) in batches."""
+    futures = []
+    recorder.begin()
+    for first in range(0, count, BATCH):
+        batch = list(range(first, min(first + BATCH, count)))
+        started = time.perf_counter()
+        futures.extend(task.map(batch, deferred=True))
+        recorder.submitted(time.perf_counter() - started, len(batch))
+    return futures
+
+
+STYLES = {"naive": naive, "recommended": recommended}
+
+if __name__ == "__main__":
+    style, job, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    recorder = Recorder(job, count)
+    deadline = time.monotonic() + timeout
+    try:
+        futures = STYLES[style](JOBS[job], count, recorder)
+        collect(futures, recorder, deadline)
+    except Exception as exc:
+        recorder.error(f"submitting: {exc!r}")
+    recorder.end()
+    recorder.emit()
