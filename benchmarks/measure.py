@@ -100,9 +100,9 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def parse(output: str) -> dict:
-    """The report a submitter printed, from its whole output."""
-    for line in reversed(output.splitlines()):
-        if line.startswith(MARKER):
-            return json.loads(line[len(MARKER) :])
-    raise ValueError("the submitter printed no result")
+def parse(output: str) -> dict[str, dict]:
+    """The reports a submitter printed, by job, from its whole output."""
+    reports = [
+        json.loads(line[len(MARKER) :]) for line in output.splitlines() if line.startswith(MARKER)
+    ]
+    return {report["job"]: report for report in reports}

@@ -146,3 +146,34 @@ def chart(results: dict, path: Path) -> None:
     )
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+BEGIN = "<!-- latest results: written by benchmarks/run.py, do not edit -->"
+END = "<!-- end of latest results -->"
+
+
+def readme_section(results: dict) -> str:
+    setups = results["setups"]
+    lines = [
+        BEGIN,
+        f"Run `{results['command']}` on {results['started_at']}, {results['seconds']:.0f} s"
+        f" in all. Each setup's load average (1, 5, 15 minutes) before and after it ran:",
+        "",
+    ]
+    for setup in setups.values():
+        before = " ".join(f"{x:.2f}" for x in setup["load_average_before"])
+        after = " ".join(f"{x:.2f}" for x in setup["load_average_after"])
+        line = f"- {setup['label']}: {before} before, {after} after ({setup['seconds']} s"
+        if "prefect_api" in setup:
+            locked = setup["prefect_api"]["sqlite_locked_errors"]
+            line += f"; the Prefect server logged {locked} SQLite 'database is locked' errors"
+        lines.append(line + ")")
+    lines += ["", "```text", results["table"], "```", "", END]
+    return "\n".join(lines)
+
+
+def update_readme(results: dict, readme: Path) -> None:
+    """Put the run's table into the README, between the two markers."""
+    text = readme.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    readme.write_text(text[:start] + readme_section(results) + text[end:])

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -45,8 +46,10 @@ from tutorial.runner import (
 
 STEP_08 = ROOT / "tutorial" / "08_fastapi_jobs"
 RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "benchmarks" / "README.md"
 PYTHON = sys.executable
 START_TIMEOUT = 180.0
+LOCKED = r"^sqlalchemy\.exc\.OperationalError: .*database is locked"
 
 
 @dataclass
@@ -59,7 +62,7 @@ class Config:
 
     def timeout(self, count: int) -> float:
         """How long a phase may take before its missing jobs count as lost."""
-        return 120 + count * 0.5
+        return 120 + count * 1.0
 
 
 def say(message: str = "") -> None:
@@ -114,19 +117,24 @@ def clean_env(**settings: str) -> dict[str, str]:
     return {**env, **settings}
 
 
-def submitter(processes: Processes, label: str, argv: list[str], env: dict, timeout: float) -> dict:
-    """Run a submitter to the end and return its report."""
-    process = processes.start(label, argv, env)
+def submit(processes: Processes, module: str, args: list[str], env: dict, config: Config) -> dict:
+    """Run a submitter for both phases (no-ops, then 50 ms jobs) and return its reports."""
+    phases = {"noop": config.noops, "pause": config.pauses}
+    timeout = config.timeout(max(phases.values()))
+    argv = [PYTHON, "-m", module, *args, str(timeout)]
+    process = processes.start("submit", [*argv, *(f"{job}:{n}" for job, n in phases.items())], env)
     try:
-        process.wait(timeout=timeout + 120)
+        process.wait(timeout=2 * timeout + 120)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{label} did not finish within {timeout + 120:.0f} s") from None
+        raise RuntimeError(
+            f"the submitter did not finish within {2 * timeout + 120:.0f} s"
+        ) from None
     finally:
         processes.stop(process)
-    try:
-        return parse(processes.log(label).read_text(errors="replace"))
-    except ValueError:
-        raise RuntimeError(f"{label} printed no result:\n{tail(processes.log(label))}") from None
+    reports = parse(processes.log("submit").read_text(errors="replace"))
+    if set(reports) != set(phases):
+        raise RuntimeError(f"the submitter's reports are missing:\n{tail(processes.log('submit'))}")
+    return reports
 
 
 def drive_api(processes: Processes, process: Process, port: int, config: Config) -> dict:
@@ -146,7 +154,10 @@ def start_prefect_server(processes: Processes, home: Path) -> tuple[str, dict[st
     api_url = f"http://127.0.0.1:{port}/api"
     env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home))
     argv = [PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    server = processes.start("prefect-server", [*argv, "--port", str(port), "--no-ui"], env)
+    argv += ["--port", str(port), "--no-ui"]
+    # Log each write that SQLite refused ("database is locked"), to count them afterwards.
+    server_env = {**env, "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
+    server = processes.start("prefect-server", argv, server_env)
     deadline = time.monotonic() + START_TIMEOUT
     while not server_is_up(api_url):
         if not server.running() or time.monotonic() > deadline:
@@ -186,11 +197,7 @@ class PrefectSetup:
         ]
         for server in servers:
             wait_until_subscribed(api_url, server)
-        result = {}
-        for job, count in (("noop", config.noops), ("pause", config.pauses)):
-            argv = [PYTHON, "-m", "benchmarks.submit_prefect", self.style, job, str(count)]
-            timeout = config.timeout(count)
-            result[job] = submitter(processes, f"submit-{job}", [*argv, str(timeout)], env, timeout)
+        result = submit(processes, "benchmarks.submit_prefect", [self.style], env, config)
         for server in servers:
             processes.stop(server)
 
@@ -204,9 +211,12 @@ class PrefectSetup:
         api = processes.start("step-08-api", uvicorn_argv(Step(STEP_08), port), env)
         result["api"] = drive_api(processes, api, port, config)
 
+        server_log = processes.log("prefect-server").read_text(errors="replace")
         result["prefect_api"] = {
             "task_runs": count_task_runs(api_url),
             "completed": count_task_runs(api_url, "COMPLETED"),
+            # Each one answered 503, and the client retried after a back-off of seconds.
+            "sqlite_locked_errors": len(re.findall(LOCKED, server_log, re.M)),
         }
         return result
 
@@ -236,11 +246,7 @@ class CelerySetup:
         argv += ["-c", str(config.concurrency), "--loglevel=INFO"]
         worker = processes.start("celery-worker", argv, env)
         processes.wait_for_log(worker, " ready.")
-        result = {}
-        for job, count in (("noop", config.noops), ("pause", config.pauses)):
-            timeout = config.timeout(count)
-            argv = [PYTHON, "-m", "benchmarks.submit_celery", job, str(count), str(timeout)]
-            result[job] = submitter(processes, f"submit-{job}", argv, env, timeout)
+        result = submit(processes, "benchmarks.submit_celery", [], env, config)
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_celery:app", "--port", str(port)]
         api = processes.start("api", argv, env)
@@ -261,11 +267,7 @@ class ArqSetup:
             "arq-worker", [PYTHON, "-m", "arq", "benchmarks.arq_jobs.WorkerSettings"], env
         )
         processes.wait_for_log(worker, "Starting worker for")
-        result = {}
-        for job, count in (("noop", config.noops), ("pause", config.pauses)):
-            timeout = config.timeout(count)
-            argv = [PYTHON, "-m", "benchmarks.submit_arq", job, str(count), str(timeout)]
-            result[job] = submitter(processes, f"submit-{job}", argv, env, timeout)
+        result = submit(processes, "benchmarks.submit_arq", [], env, config)
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_arq:app", "--port", str(port)]
         api = processes.start("api", argv, env)
@@ -330,7 +332,7 @@ def run_setup(setup, config: Config, workdir: Path) -> dict:
     record["load_average_before"] = os.getloadavg()
     started = time.monotonic()
     logs = workdir / setup.name
-    logs.mkdir()
+    logs.mkdir(exist_ok=True)
     processes = Processes(logs)
     try:
         record.update(setup.run(config, processes, logs))
@@ -398,6 +400,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     parser.add_argument("--requests", type=int, help="POST /jobs per client (default 5, quick 1)")
     parser.add_argument("--setups", default=",".join(SETUPS), help="which, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/.png go")
+    parser.add_argument("--logs", type=Path, help="keep every process's log in this folder")
     args = parser.parse_args(argv)
     config = Config(noops=20, pauses=20, requests_per_client=1) if args.quick else Config()
     if args.n is not None:
@@ -441,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         with tempfile.TemporaryDirectory(prefix="benchmarks-") as workdir:
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
             for name in args.setups.split(","):
-                results["setups"][name] = run_setup(SETUPS[name], config, Path(workdir))
+                where = Path(args.logs or workdir)
+                results["setups"][name] = run_setup(SETUPS[name], config, where)
     except KeyboardInterrupt:
         say("benchmarks: interrupted; everything it started has been stopped")
         return 130
@@ -456,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     report.chart(results, args.out / "latest.png")
     say(f"Wrote {args.out / 'latest.json'} and {args.out / 'latest.png'}")
+    if args.out.resolve() == RESULTS:
+        report.update_readme(results, README)
+        say(f"Updated the results in {README.relative_to(ROOT)}")
     if not results["all_completed"]:
         failed = [n for n, s in results["setups"].items() if not s["ok"]]
         say(f"benchmarks: not every job completed in: {', '.join(failed)}")

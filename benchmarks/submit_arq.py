@@ -13,10 +13,9 @@ from benchmarks.arq_jobs import REDIS
 from benchmarks.measure import Recorder
 
 
-async def main(job: str, count: int, timeout: float) -> None:
+async def measure(redis, job: str, count: int, timeout: float) -> None:
     recorder = Recorder(job, count)
     deadline = time.monotonic() + timeout
-    redis = await create_pool(REDIS)
     try:
         jobs = []
         recorder.begin()
@@ -33,11 +32,19 @@ async def main(job: str, count: int, timeout: float) -> None:
                 recorder.error(f"{queued.job_id}: {exc!r}")
     except Exception as exc:
         recorder.error(f"submitting: {exc!r}")
-    finally:
-        await redis.aclose()
     recorder.end()
     recorder.emit()
 
 
+async def main(timeout: float, phases: list[str]) -> None:
+    redis = await create_pool(REDIS)
+    try:
+        for phase in phases:
+            job, count = phase.split(":")
+            await measure(redis, job, int(count), timeout)
+    finally:
+        await redis.aclose()
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+    asyncio.run(main(float(sys.argv[1]), sys.argv[2:]))

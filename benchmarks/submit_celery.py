@@ -9,8 +9,8 @@ import time
 from benchmarks.celery_jobs import JOBS
 from benchmarks.measure import Recorder
 
-if __name__ == "__main__":
-    job, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+
+def measure(job: str, count: int, timeout: float) -> None:
     task = JOBS[job]
     recorder = Recorder(job, count)
     deadline = time.monotonic() + timeout
@@ -31,3 +31,9 @@ if __name__ == "__main__":
         recorder.error(f"submitting: {exc!r}")
     recorder.end()
     recorder.emit()
+
+
+if __name__ == "__main__":
+    for phase in sys.argv[2:]:
+        job, count = phase.split(":")
+        measure(job, int(count), float(sys.argv[1]))

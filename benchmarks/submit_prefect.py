@@ -13,12 +13,18 @@ BATCH = 50
 
 
 def result(future, deadline: float) -> float:
-    # Just after .delay() a run can exist for a moment without a state (seen on SQLite), and
-    # result() then raises "has no state" at once instead of waiting: ask again.
     while True:
         try:
-            return future.result(timeout=max(deadline - time.monotonic(), 0.1))
+            # result() waits for the run's final event, and an event it misses costs the whole
+            # timeout; after a timeout it reads the state once more. Short waits, repeated,
+            # bound what a missed event costs.
+            return future.result(timeout=min(max(deadline - time.monotonic(), 0.1), 5))
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
         except RuntimeError as exc:
+            # Just after .delay() a run can exist for a moment without a state (seen on
+            # SQLite), and result() then raises "has no state" at once: ask again.
             if "has no state" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -58,13 +64,15 @@ def recommended(task, count: int, recorder: Recorder) -> list:
 STYLES = {"naive": naive, "recommended": recommended}
 
 if __name__ == "__main__":
-    style, job, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    recorder = Recorder(job, count)
-    deadline = time.monotonic() + timeout
-    try:
-        futures = STYLES[style](JOBS[job], count, recorder)
-        collect(futures, recorder, deadline)
-    except Exception as exc:
-        recorder.error(f"submitting: {exc!r}")
-    recorder.end()
-    recorder.emit()
+    style, timeout = sys.argv[1], float(sys.argv[2])
+    for phase in sys.argv[3:]:
+        job, count = phase.split(":")
+        recorder = Recorder(job, int(count))
+        deadline = time.monotonic() + timeout
+        try:
+            futures = STYLES[style](JOBS[job], int(count), recorder)
+            collect(futures, recorder, deadline)
+        except Exception as exc:
+            recorder.error(f"submitting: {exc!r}")
+        recorder.end()
+        recorder.emit()
