@@ -12,7 +12,7 @@ METRICS = [
     ("submissions per second", "noop", "submits_per_s", "/s"),
     ("{n} no-ops, first submit to last result", "noop", "e2e_s", "s"),
     ("{n} no-ops, end-to-end throughput", "noop", "tasks_per_s", "/s"),
-    ("queue latency p50 (submit return to body start)", "noop", "queue_ms_p50", "ms"),
+    ("queue latency p50", "noop", "queue_ms_p50", "ms"),
     ("queue latency p95", "noop", "queue_ms_p95", "ms"),
     ("{pauses} x 50 ms jobs, 10 at a time: throughput", "pause", "tasks_per_s", "/s"),
     ("POST /jobs p50, {clients} clients", "api", "post_ms_p50", "ms"),
@@ -29,18 +29,20 @@ def value(setup: dict, phase: str, key: str) -> float | None:
 def fmt(number: float | None) -> str:
     if number is None:
         return "-"
-    if number >= 100:
+    if abs(number) >= 100:
         return f"{number:,.0f}"
-    if number >= 10:
+    if abs(number) >= 10:
         return f"{number:.1f}"
     return f"{number:.2f}"
 
 
 def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
+    if a is None or b is None or a <= 0 or b <= 0:
         return "-"
     r = a / b
-    return f"{r:.0f}x" if r >= 100 else f"{r:.1f}x" if r >= 10 else f"{r:.2f}x"
+    if r >= 100:
+        return f"{r:,.0f}x"
+    return f"{r:.1f}x" if r >= 10 else f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
 
 
 def table(results: dict) -> str:
@@ -56,7 +58,8 @@ def table(results: dict) -> str:
         if not (a == "recommended" and b == "naive" and prefect != "recommended")
     ]
     header = ["", *(setups[n]["label"] for n in names)]
-    header += [f"{'Prefect' if a == 'prefect' else a} / {b}" for a, b in ratios]
+    names_in_ratios = {"prefect": "Prefect", "recommended": "rec.", "celery": "Celery"}
+    header += [f"{names_in_ratios.get(a, a)}/{names_in_ratios.get(b, b)}" for a, b in ratios]
     rows = [header]
     for label, phase, key, unit in METRICS:
         label = label.format(n=config["noops"], pauses=config["pauses"], clients=config["clients"])
@@ -115,7 +118,7 @@ def chart(results: dict, path: Path) -> None:
     for ax, (label, phase, key, unit) in zip(axes.flat, METRICS, strict=False):
         label = label.format(n=config["noops"], pauses=config["pauses"], clients=config["clients"])
         values = [value(setups[n], phase, key) for n in names]
-        shown = [v if v is not None else 0 for v in values]
+        shown = [v if v is not None and v > 0 else 0 for v in values]  # the label says more
         bars = ax.barh(
             [setups[n]["label"] for n in names], shown, color=[colors.get(n, "grey") for n in names]
         )
