@@ -54,11 +54,11 @@ LOCKED = r"^sqlalchemy\.exc\.OperationalError: .*database is locked"
 
 @dataclass
 class Config:
-    noops: int = 500  # no-op jobs: submit latency, end-to-end throughput, queue latency
-    pauses: int = 200  # 50 ms jobs, run 10 at a time
+    noops: int = 200  # no-op jobs: submit latency, end-to-end throughput, queue latency
+    pauses: int = 100  # 50 ms jobs, run 10 at a time
     concurrency: int = 10  # job slots per setup, in total
     clients: int = 20  # concurrent POST /jobs clients
-    requests_per_client: int = 5
+    requests_per_client: int = 3
 
     def timeout(self, count: int) -> float:
         """How long a phase may take before its missing jobs count as lost."""
@@ -395,9 +395,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
-    parser.add_argument("--n", type=int, help="no-op jobs per setup (default 500, quick 20)")
-    parser.add_argument("--pauses", type=int, help="50 ms jobs per setup (default 200, quick 20)")
-    parser.add_argument("--requests", type=int, help="POST /jobs per client (default 5, quick 1)")
+    parser.add_argument("--n", type=int, help="no-op jobs per setup (default 200, quick 20)")
+    parser.add_argument("--pauses", type=int, help="50 ms jobs per setup (default 100, quick 20)")
+    parser.add_argument("--requests", type=int, help="POST /jobs per client (default 3, quick 1)")
     parser.add_argument("--setups", default=",".join(SETUPS), help="which, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/.png go")
     parser.add_argument("--logs", type=Path, help="keep every process's log in this folder")

@@ -72,7 +72,7 @@ def test_counts_can_be_chosen():
     _, config = parse_args(["--quick", "--n", "7"])
     assert (config.noops, config.pauses, config.requests_per_client) == (7, 20, 1)
     _, config = parse_args([])
-    assert (config.noops, config.concurrency, config.clients) == (500, 10, 20)
+    assert (config.noops, config.concurrency, config.clients) == (200, 10, 20)
 
 
 def test_percentile_interpolates():
