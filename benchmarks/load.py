@@ -27,7 +27,9 @@ async def drive(
     posting = asyncio.Event()
     limits = httpx.Limits(max_connections=clients + 2)
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as http:
+    # A generous timeout: a slow POST /jobs is measured, not cut off (a client that gave up
+    # would not learn the job's id, and the job could not be counted).
+    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
 
         async def client() -> None:
             for _ in range(per_client):
@@ -87,6 +89,7 @@ async def drive(
         "completed": completed,
         "post_ms_p50": _round(percentile(post_ms, 50)),
         "post_ms_p99": _round(percentile(post_ms, 99)),
+        "post_ms_max": _round(max(post_ms, default=None)),
         "posts_per_s": round(len(post_ms) / load_seconds, 1),
         "health_requests": len(health_ms),
         "health_ms_p50": _round(percentile(health_ms, 50)),
