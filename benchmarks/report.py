@@ -167,7 +167,7 @@ def readme_section(results: dict) -> str:
         before = " ".join(f"{x:.2f}" for x in setup["load_average_before"])
         after = " ".join(f"{x:.2f}" for x in setup["load_average_after"])
         line = f"- {setup['label']}: {before} before, {after} after ({setup['seconds']} s"
-        if "prefect_api" in setup:
+        if setup.get("prefect_api", {}).get("database") == "sqlite":
             locked = setup["prefect_api"]["sqlite_locked_errors"]
             line += f"; the Prefect server logged {locked} SQLite 'database is locked' errors"
         lines.append(line + ")")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from benchmarks.measure import percentile
-from benchmarks.run import SETUPS, all_done, parse_args
+from benchmarks.run import SETUPS, all_done, parse_args, postgres_installed
 from tutorial.runner import ROOT
 
 QUICK = {"noop": 20, "pause": 20}
@@ -26,6 +26,8 @@ API_KEYS = {"post_ms_p50", "post_ms_p99", "health_ms_p99"}
 def test_quick_run_completes_every_job_in_every_setup(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    if postgres_installed() is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
     out = tmp_path / "results"
     command = [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
