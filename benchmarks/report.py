@@ -14,7 +14,7 @@ METRICS = [
     ("{n} no-ops, end-to-end throughput", "noop", "tasks_per_s", "/s"),
     ("queue latency p50", "noop", "queue_ms_p50", "ms"),
     ("queue latency p95", "noop", "queue_ms_p95", "ms"),
-    ("{pauses} x 50 ms jobs, 10 at a time: throughput", "pause", "tasks_per_s", "/s"),
+    ("{pauses} x 50 ms jobs, 10 slots: throughput", "pause", "tasks_per_s", "/s"),
     ("POST /jobs p50, {clients} clients", "api", "post_ms_p50", "ms"),
     ("POST /jobs p99, {clients} clients", "api", "post_ms_p99", "ms"),
     ("/health p99 meanwhile", "api", "health_ms_p99", "ms"),
@@ -123,7 +123,7 @@ def chart(results: dict, path: Path) -> None:
             [setups[n]["label"] for n in names], shown, color=[colors.get(n, "grey") for n in names]
         )
         ax.invert_yaxis()
-        ax.set_title(f"{label} ({unit})", fontsize=9)
+        ax.set_title(f"{label} ({unit})", fontsize=8)
         ax.tick_params(labelsize=8)
         if max(shown, default=0) > 0 and min(v for v in shown if v > 0) * 50 < max(shown):
             ax.set_xscale("log")
