@@ -1,6 +1,6 @@
 """The cost of offloading, measured: one command, every setup, on this machine.
 
-    uv run python -m benchmarks.run            the full run (about 10 minutes on 2 cores)
+    uv run python -m benchmarks.run            the full run (5 to 15 minutes on 2 cores)
     uv run python -m benchmarks.run --quick    tiny counts, to check that everything works
 
 Each setup gets its own fresh Prefect server (temporary home, free port) or its own Redis,
@@ -225,6 +225,7 @@ class PrefectSetup:
     postgres: bool  # the server's database: PostgreSQL, or else SQLite
     task_servers: int  # processes; the job slots are shared out between them
     api_task_servers: int  # step 08's task_server.py, started this many times
+    api_app: str | None = None  # serve this app instead of step 08's own api.py
 
     def run(self, config: Config, processes: Processes, workdir: Path) -> dict:
         database_url = start_postgres(processes, workdir) if self.postgres else None
@@ -251,7 +252,10 @@ class PrefectSetup:
             )
             wait_until_subscribed(api_url, server)
         port = free_port()
-        api = processes.start("step-08-api", uvicorn_argv(Step(STEP_08), port), env)
+        argv = uvicorn_argv(Step(STEP_08), port)
+        if self.api_app:
+            argv[argv.index("api:app")] = self.api_app  # step 08's folder stays importable
+        api = processes.start("step-08-api", argv, env)
         result["api"] = drive_api(processes, api, port, config)
 
         server_log = processes.log("prefect-server").read_text(errors="replace")
@@ -333,12 +337,14 @@ SETUPS = {
     "recommended": PrefectSetup(
         name="recommended",
         label="Prefect, recommended",
-        description="PostgreSQL server, one task server (limit 10), one reused API client"
-        " submitting with create_run(), states read in bulk; step 08's app as it is",
+        description="PostgreSQL server, two task servers (limit 5 each), one reused API"
+        " client submitting with create_run(), states read in bulk; step 08's app submitting"
+        " in a pool of 2 processes, with two task servers",
         style="recommended",
         postgres=True,
-        task_servers=1,
-        api_task_servers=1,
+        task_servers=2,
+        api_task_servers=2,
+        api_app="benchmarks.api_prefect_pool:app",
     ),
     "celery": CelerySetup(),
     "arq": ArqSetup(),
