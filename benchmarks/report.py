@@ -159,7 +159,7 @@ def readme_section(results: dict) -> str:
     setups = results["setups"]
     lines = [
         BEGIN,
-        f"Run `{results['command']}` on {results['started_at']}, {results['seconds']:.0f} s"
+        f"`{results['command'].strip()}` on {results['started_at']}, {results['seconds']:.0f} s"
         f" in all. Each setup's load average (1, 5, 15 minutes) before and after it ran:",
         "",
     ]

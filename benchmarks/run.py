@@ -485,8 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     results = {
         "started_at": started.isoformat(timespec="seconds"),
-        "command": "uv run python -m benchmarks.run "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": shlex.join(
+            ["uv", "run", "python", "-m", "benchmarks.run", *(argv or sys.argv[1:])]
+        ),
         "config": asdict(config),
         "machine": machine(),
         "versions": versions(),

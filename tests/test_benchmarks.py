@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
+from benchmarks import report
 from benchmarks.measure import percentile
-from benchmarks.run import SETUPS, all_done, parse_args, postgres_installed
+from benchmarks.run import README, RESULTS, SETUPS, all_done, parse_args, postgres_installed
 from tutorial.runner import ROOT
 
 QUICK = {"noop": 20, "pause": 20}
@@ -60,6 +61,16 @@ def test_quick_run_completes_every_job_in_every_setup(tmp_path):
     assert {"cpus", "cpu_model"} <= set(results["machine"])
     assert len(results["load_average_start"]) == len(results["load_average_end"]) == 3
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_readme_shows_the_latest_full_run():
+    """The README's numbers are the committed latest.json's, from a full run where every setup
+    got every job back."""
+    results = json.loads((RESULTS / "latest.json").read_text())
+    assert report.readme_section(results) in README.read_text()
+    assert "--quick" not in results["command"]
+    assert results["all_completed"] is True
+    assert (RESULTS / "latest.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_a_setup_with_a_missing_job_is_not_done():
