@@ -137,7 +137,8 @@ def submit(processes: Processes, module: str, args: list[str], env: dict, config
     return reports
 
 
-def drive_api(processes: Processes, process: Process, port: int, config: Config) -> dict:
+def drive_api(process: Process, port: int, config: Config) -> dict:
+    """Wait until the app answers, then run the API phase against it."""
     url = f"http://127.0.0.1:{port}"
     wait_until_answering(f"{url}/health", process, timeout=START_TIMEOUT)
     jobs = config.clients * config.requests_per_client
@@ -256,7 +257,7 @@ class PrefectSetup:
         if self.api_app:
             argv[argv.index("api:app")] = self.api_app  # step 08's folder stays importable
         api = processes.start("step-08-api", argv, env)
-        result["api"] = drive_api(processes, api, port, config)
+        result["api"] = drive_api(api, port, config)
 
         server_log = processes.log("prefect-server").read_text(errors="replace")
         result["prefect_api"] = {
@@ -298,7 +299,7 @@ class CelerySetup:
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_celery:app", "--port", str(port)]
         api = processes.start("api", argv, env)
-        result["api"] = drive_api(processes, api, port, config)
+        result["api"] = drive_api(api, port, config)
         return result
 
 
@@ -319,7 +320,7 @@ class ArqSetup:
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_arq:app", "--port", str(port)]
         api = processes.start("api", argv, env)
-        result["api"] = drive_api(processes, api, port, config)
+        result["api"] = drive_api(api, port, config)
         return result
 
 
