@@ -21,7 +21,8 @@ def server_id(process) -> str:
 def wait_until_final(prefect_server, run_ids: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = [prefect_server.task_run(i)["state"]["type"] for i in run_ids]
+        # A run reads with no state for a moment while the server writes a new one (step 02).
+        states = [(prefect_server.task_run(i)["state"] or {}).get("type") for i in run_ids]
         if all(s in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} for s in states):
             return
         time.sleep(0.5)

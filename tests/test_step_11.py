@@ -92,8 +92,10 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
         time.sleep(0.5)
 
 
-def state(server: PrefectServer, run_id: str) -> str:
-    return server.task_run(run_id)["state"]["type"]
+def state(server: PrefectServer, run_id: str) -> str | None:
+    # None for a moment while the server writes a run's new state (step 02's lesson).
+    state = server.task_run(run_id)["state"]
+    return state and state["type"]
 
 
 def submit(server, started, tmp_path, *orders, tasks_dir=STEP, **env) -> Process:

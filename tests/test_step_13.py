@@ -132,13 +132,22 @@ def test_the_same_job_three_ways_and_as_a_flow(
     assert f"album: {sheet}" in canvas.output.splitlines()
     flow_run_id = re.search(rf"/runs/flow-run/({UUID})", canvas.output).group(1)
     assert prefect_server.api("GET", f"/flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
-    runs = prefect_server.api(
-        "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    # The task runs' final states reach the API as events, so they can land after the flow
+    # run's own Completed.
+    runs = wait_for(
+        lambda: prefect_server.api(
+            "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
+        ),
+        lambda runs: (
+            len(runs) == 4 and all(r["state"] and r["state"]["type"] == "COMPLETED" for r in runs)
+        ),
+        timeout=60,
+        interval=0.5,
+        what="the canvas flow run's four task runs, Completed",
     )
     assert sorted(r["name"].rsplit("-", 1)[0] for r in runs) == [
         *("contact_sheet", "make_thumbnail", "make_thumbnail", "make_thumbnail")
     ]
-    assert all(r["state"]["type"] == "COMPLETED" for r in runs)
     # The group's runs belong to the flow run, and the task server ran them.
     for run in runs:
         if run["name"].startswith("make_thumbnail"):
@@ -243,10 +252,19 @@ def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server,
         what="the triggered flow run to finish",
     )
     assert state["type"] == "COMPLETED", periodic.output
-    runs = prefect_server.api(
-        "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
+    # The task runs' final states reach the API as events, so they can land after the flow
+    # run's own Completed.
+    runs = wait_for(
+        lambda: prefect_server.api(
+            "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
+        ),
+        lambda runs: (
+            len(runs) == 4 and all(r["state"] and r["state"]["type"] == "COMPLETED" for r in runs)
+        ),
+        timeout=60,
+        interval=0.5,
+        what="the flow run's four task runs, Completed",
     )
     assert sorted(r["name"].rsplit("-", 1)[0] for r in runs) == [
         *("contact_sheet", "make_thumbnail", "make_thumbnail", "make_thumbnail")
     ]
-    assert all(r["state"]["type"] == "COMPLETED" for r in runs)
