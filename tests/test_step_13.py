@@ -46,6 +46,22 @@ def start_worker(started: list[Process], label: str, argv: list[str], redis_url:
     return worker
 
 
+def completed_task_runs(prefect_server, flow_run_id: str) -> list[dict]:
+    """The flow run's four task runs, once all are Completed. Their final states reach the API
+    as events, so they can land after the flow run's own Completed."""
+    return wait_for(
+        lambda: prefect_server.api(
+            "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
+        ),
+        lambda runs: (
+            len(runs) == 4 and all(r["state"] and r["state"]["type"] == "COMPLETED" for r in runs)
+        ),
+        timeout=60,
+        interval=0.5,
+        what="the flow run's four task runs, Completed",
+    )
+
+
 def wait_for_lines(process: Process, pattern: str, count: int, timeout: float = 10) -> None:
     """Wait until exactly `count` output lines match: the log may trail the results a little."""
     found = wait_for(
@@ -132,19 +148,7 @@ def test_the_same_job_three_ways_and_as_a_flow(
     assert f"album: {sheet}" in canvas.output.splitlines()
     flow_run_id = re.search(rf"/runs/flow-run/({UUID})", canvas.output).group(1)
     assert prefect_server.api("GET", f"/flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
-    # The task runs' final states reach the API as events, so they can land after the flow
-    # run's own Completed.
-    runs = wait_for(
-        lambda: prefect_server.api(
-            "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}
-        ),
-        lambda runs: (
-            len(runs) == 4 and all(r["state"] and r["state"]["type"] == "COMPLETED" for r in runs)
-        ),
-        timeout=60,
-        interval=0.5,
-        what="the canvas flow run's four task runs, Completed",
-    )
+    runs = completed_task_runs(prefect_server, flow_run_id)
     assert sorted(r["name"].rsplit("-", 1)[0] for r in runs) == [
         *("contact_sheet", "make_thumbnail", "make_thumbnail", "make_thumbnail")
     ]
@@ -252,19 +256,7 @@ def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server,
         what="the triggered flow run to finish",
     )
     assert state["type"] == "COMPLETED", periodic.output
-    # The task runs' final states reach the API as events, so they can land after the flow
-    # run's own Completed.
-    runs = wait_for(
-        lambda: prefect_server.api(
-            "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
-        ),
-        lambda runs: (
-            len(runs) == 4 and all(r["state"] and r["state"]["type"] == "COMPLETED" for r in runs)
-        ),
-        timeout=60,
-        interval=0.5,
-        what="the flow run's four task runs, Completed",
-    )
+    runs = completed_task_runs(prefect_server, flow_run["id"])
     assert sorted(r["name"].rsplit("-", 1)[0] for r in runs) == [
         *("contact_sheet", "make_thumbnail", "make_thumbnail", "make_thumbnail")
     ]

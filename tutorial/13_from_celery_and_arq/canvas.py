@@ -1,23 +1,8 @@
-import time
-
 from prefect import flow, task
 
+from submit import retry_no_state
 from tasks import make_thumbnail
 from thumbnails import sample_upload
-
-
-def retry_no_state(call, timeout: float, **kwargs):
-    """Call future.wait or future.result, again while the run reads as having no state."""
-    # On SQLite, Prefect 3.9 can show a run for a moment with no state, and result() then
-    # raises RuntimeError("... has no state ...") at once. Step 02 explains it.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call(timeout=max(deadline - time.monotonic(), 0.1), **kwargs)
-        except RuntimeError as exc:
-            if "has no state" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 @task
