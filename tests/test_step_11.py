@@ -11,13 +11,13 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import SERVER_START_TIMEOUT, PrefectServer, clean_env, step_dir
+from harness import SERVER_START_TIMEOUT, PrefectServer, clean_env, step_dir, wait_for
 
 from tutorial.runner import Process, free_port, server_is_up, wait_until_subscribed
 
@@ -82,14 +82,6 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 def state(server: PrefectServer, run_id: str) -> str | None:
@@ -176,13 +168,13 @@ def test_a_signal_stops_the_task_server_after_its_runs_finish(
     assert "Stopped: every run it took has finished" in server.output
     # The final states reached the API before the process exited.
     for run_id in (first, second):
-        wait_for(lambda r=run_id: state(prefect_server, r) == "COMPLETED", 30, run_id)
+        wait_for(lambda r=run_id: state(prefect_server, r) == "COMPLETED", timeout=30, what=run_id)
         assert history(prefect_server, run_id) == ["Scheduled", "Pending", "Running", "Completed"]
     # The run submitted after the signal was not taken: another task server gets it.
     assert late not in server.output
     assert history(prefect_server, late) == ["Scheduled"]
     task_server(STEP / "task_server.py", **env)
-    wait_for(lambda: state(prefect_server, late) == "COMPLETED", 60, "the late run")
+    wait_for(lambda: state(prefect_server, late) == "COMPLETED", timeout=60, what="the late run")
     payments, attempts = ledger(tmp_path / "ledger.db")
     assert payments == attempts == {"a-1": 1, "a-2": 1, "a-3": 1}
 
@@ -199,7 +191,7 @@ def test_a_run_that_outlasts_the_grace_period_is_left_running(
 
     assert server.wait(timeout=60) == 1, server.output
     assert "1 runs still running after 2 s" in server.output
-    wait_for(lambda: state(prefect_server, run_id) == "RUNNING", 30, run_id)
+    wait_for(lambda: state(prefect_server, run_id) == "RUNNING", timeout=30, what=run_id)
     assert not (tmp_path / "ledger.db").exists()  # the charge never happened
 
 
@@ -213,20 +205,20 @@ def test_a_killed_task_server_strands_its_runs_until_recover_requeues_them(own, 
     stranded = [submitted(submitter, "k-1"), submitted(submitter, "k-2")]
     for run_id in stranded:
         # Killed before its Running event reaches the server, a run would still show Scheduled.
-        wait_for(lambda r=run_id: state(own, r) == "RUNNING", 60, run_id)
+        wait_for(lambda r=run_id: state(own, r) == "RUNNING", timeout=60, what=run_id)
     os.kill(doomed.pid, signal.SIGKILL)
     doomed.wait(timeout=10)
 
     # Another task server takes new runs, but nothing delivers the killed server's again.
     start_task_server(own, started, **env)
     fresh = submitted(submit(own, started, tmp_path, "k-3"), "k-3")
-    wait_for(lambda: state(own, fresh) == "COMPLETED", 60, "a fresh run")
+    wait_for(lambda: state(own, fresh) == "COMPLETED", timeout=60, what="a fresh run")
     assert [state(own, run_id) for run_id in stranded] == ["RUNNING", "RUNNING"]
 
     reconciler = recover(own, started, "--once", "--running-after", "0")
     for run_id in stranded:
         assert re.search(rf"{run_id}: re-enqueued \((Pending|Running) since", reconciler.output)
-        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", 60, run_id)
+        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", timeout=60, what=run_id)
         names = history(own, run_id)
         assert names[:2] == ["Scheduled", "Pending"] and names[-1] == "Completed", names
         assert "Requeued" in names, names
@@ -248,13 +240,13 @@ def test_a_server_restart_strands_scheduled_runs_until_recover_requeues_them(
 
     start_task_server(own, started, **env)
     fresh = submitted(submit(own, started, tmp_path, "r-4"), "r-4")
-    wait_for(lambda: state(own, fresh) == "COMPLETED", 60, "a fresh run")
+    wait_for(lambda: state(own, fresh) == "COMPLETED", timeout=60, what="a fresh run")
     assert [history(own, run_id) for run_id in queued] == [["Scheduled"]] * 3
 
     reconciler = recover(own, started, "--once", "--scheduled-after", "0")
     for run_id in queued:
         assert f"{run_id}: re-enqueued (Scheduled since" in reconciler.output
-        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", 60, run_id)
+        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", timeout=60, what=run_id)
         assert history(own, run_id) == ["Scheduled", "Requeued", "Pending", "Running", "Completed"]
     payments, attempts = ledger(tmp_path / "ledger.db", "r-")
     assert payments == attempts == {f"r-{n}": 1 for n in (1, 2, 3, 4)}
@@ -302,7 +294,7 @@ def test_a_full_queue_blocks_delay_until_a_task_server_drains_it(
         run_ids += [submitted(submitter, order_id) for order_id in orders[5:]]
         assert submitter.wait(timeout=120) == 0, submitter.output
         for run_id in run_ids:
-            wait_for(lambda r=run_id: state(server, r) == "COMPLETED", 60, run_id)
+            wait_for(lambda r=run_id: state(server, r) == "COMPLETED", timeout=60, what=run_id)
     payments, attempts = ledger(tmp_path / "ledger.db")
     assert payments == attempts == {order_id: 1 for order_id in orders}
 

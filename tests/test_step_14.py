@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 
 import pytest
-from harness import step_dir, step_tasks
+from harness import step_dir, step_tasks, wait_for
 
 from tutorial.runner import Process
 
@@ -92,12 +91,15 @@ def clients_opened(prefect_server, monkeypatch):
 
 
 def wait_until_completed(prefect_server, run_ids: list[str], timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        states = [prefect_server.task_run(i)["state"]["type"] for i in run_ids]
-        if all(s in FINAL for s in states) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.5)
+    """The runs' state types, once every one is final. (A run reads with no state for a moment
+    while the server writes a new one: step 02.)"""
+    return wait_for(
+        lambda: [(prefect_server.task_run(i)["state"] or {}).get("type") for i in run_ids],
+        lambda states: all(s in FINAL for s in states),
+        timeout=timeout,
+        interval=0.5,
+        what="every run final",
+    )
 
 
 def test_delay_opens_a_client_per_run_and_create_run_reuses_one(
