@@ -2,12 +2,17 @@
 even for two requests at once; a task with no policy is not cached on a task server."""
 
 import asyncio
+import importlib.util
 import re
+import threading
+import time
 from datetime import datetime
 
+import pytest
 from harness import UUID, step_dir
 from prefect import task
 from prefect.cache_policies import DEFAULT, INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.locking.filesystem import FileSystemLockManager
 from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_HOME,
@@ -175,3 +180,92 @@ def test_inputs_alone_is_shared_by_every_task(prefect_server, tmp_path):
         assert refunds.result() == "orders on 2026-11-25"
         assert signups.name == "Completed"
         assert signups.result() == "signups on 2026-11-25"
+
+
+def load_locks():
+    spec = importlib.util.spec_from_file_location("locks", STEP / "locks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prefects_file_lock_fails_while_a_lock_file_is_being_written(tmp_path):
+    """Why locks.py exists: FileSystemLockManager (3.9.1) creates a lock file empty and
+    writes its holder afterwards. A second run that looks at it in between, as the second
+    of two identical runs starting together does, raises instead of waiting."""
+    (tmp_path / "welcome-email-ada.lock").touch()  # the first run, between touch and write
+    manager = FileSystemLockManager(lock_files_directory=tmp_path)
+
+    with pytest.raises(ValueError, match="EOF while parsing"):
+        manager.acquire_lock("welcome-email-ada", holder="second run", acquire_timeout=1)
+
+
+def test_atomic_file_locks_let_one_holder_in_at_a_time(tmp_path):
+    """Four runs of one key start at the same moment, 20 times over: none fails, and the
+    lock never has two holders at once."""
+    manager = load_locks().AtomicFileLockManager(lock_files_directory=tmp_path)
+    errors, holders = [], []
+    most_holders = 0
+    guard = threading.Lock()
+
+    def run(key: str, holder: str, start: threading.Barrier) -> None:
+        nonlocal most_holders
+        start.wait()
+        try:
+            assert manager.acquire_lock(key, holder)
+            with guard:
+                holders.append(holder)
+                most_holders = max(most_holders, len(holders))
+            time.sleep(0.001)  # hold the lock a moment, so that an overlap would show
+            with guard:
+                holders.remove(holder)
+            manager.release_lock(key, holder)
+        except Exception as error:
+            errors.append(error)
+
+    for round_ in range(20):
+        start = threading.Barrier(4)
+        threads = [
+            threading.Thread(target=run, args=(f"key-{round_}", f"run {n}", start))
+            for n in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads), "a run never got the lock"
+
+    assert errors == []
+    assert most_holders == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock or staged file left
+
+
+def test_atomic_file_locks_wait_time_out_and_expire(tmp_path):
+    """The rest of what Prefect's transactions ask of a lock manager still holds."""
+    manager = load_locks().AtomicFileLockManager(lock_files_directory=tmp_path)
+
+    assert manager.acquire_lock("key", "first", hold_timeout=1)
+    assert manager.acquire_lock("key", "first")  # the holder may take it again
+    assert manager.is_lock_holder("key", "first")
+    assert not manager.acquire_lock("key", "second", acquire_timeout=0.2)
+    # Once the hold timeout has passed the lock counts as free.
+    assert manager.acquire_lock("key", "second", acquire_timeout=5)
+    assert manager.is_lock_holder("key", "second")
+    manager.release_lock("key", "second")
+    assert not manager.is_locked("key")
+
+    async def two_async_runs() -> list[str]:
+        order = []
+
+        async def run(holder: str) -> None:
+            await manager.aacquire_lock("async-key", holder)
+            order.append(f"{holder} in")
+            await asyncio.sleep(0.05)
+            order.append(f"{holder} out")
+            manager.release_lock("async-key", holder)
+
+        await asyncio.gather(run("a"), run("b"))
+        return order
+
+    order = asyncio.run(two_async_runs())
+    assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.settings import get_current_settings
+
+from locks import AtomicFileLockManager
 
 HOME = Path(get_current_settings().home).expanduser()  # .prefect/ in this repo
 # One line per task body that really ran: the proof that a Cached run did no work.
@@ -35,10 +36,10 @@ def welcome_email_key(context, parameters) -> str:
 
 # SERIALIZABLE: a run holds a lock on its key while it runs, so an identical run that
 # starts meanwhile waits, then finds the record and ends Cached instead of sending again.
-# File locks work for task servers on one machine.
+# File locks work for task servers on one machine (locks.py: why not Prefect's own class).
 ONCE_PER_ADDRESS = CacheKeyFnPolicy(cache_key_fn=welcome_email_key).configure(
     isolation_level="SERIALIZABLE",
-    lock_manager=FileSystemLockManager(lock_files_directory=HOME / "locks"),
+    lock_manager=AtomicFileLockManager(lock_files_directory=HOME / "locks"),
 )
 
 
