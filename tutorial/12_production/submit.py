@@ -38,13 +38,14 @@ if __name__ == "__main__":
             jobs.append(response.headers["Location"])
         print(f"submitted {JOBS} jobs through {API_URL} in {time.monotonic() - began:.1f} s")
 
+        final = ("completed", "failed", "cancelled")
         status = {}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             for location in jobs:
-                if status.get(location) not in ("completed", "failed", "cancelled"):
+                if status.get(location) not in final:
                     status[location] = app.get(location).json()["status"]
-            if all(s == "completed" for s in status.values()):
+            if all(s in final for s in status.values()):
                 break
             time.sleep(0.5)
         completed = sum(s == "completed" for s in status.values())
