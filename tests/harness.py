@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -127,6 +128,26 @@ class PrefectServer:
         with temporary_settings(settings), get_client(sync_client=True) as client:
             state = client.read_task_run(task_run_id).state
             return state.result(raise_on_failure=False)
+
+    @contextmanager
+    def states_held_back(self, when: str) -> Iterator[None]:
+        """While the block runs, the server fails to write the task-run states for which the
+        SQL condition `when` holds (on NEW, the state row about to be inserted). It writes a
+        reported state in two steps, the run's pointer to it and then the state row, which
+        on SQLite are not one transaction: the first lands and the run reads as having no
+        state until the server writes the row on a later try, after the block."""
+        database = sqlite3.connect(self.home / "prefect.db", timeout=30)
+        try:
+            with database:
+                database.execute(
+                    f"CREATE TRIGGER hold_back_state BEFORE INSERT ON task_run_state WHEN {when}"
+                    " BEGIN SELECT RAISE(ABORT, 'held back by the test'); END"
+                )
+            yield
+        finally:
+            with database:
+                database.execute("DROP TRIGGER IF EXISTS hold_back_state")
+            database.close()
 
     def spawn(self, script: Path, **env: str) -> Process:
         """Start a step's script against this server, from the repo root, as a user would."""

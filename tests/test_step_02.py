@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sqlite3
 from pathlib import Path
 from types import ModuleType
 
@@ -144,19 +143,13 @@ def test_result_raises_while_a_run_has_no_state_and_retry_no_state_waits(
     reads Running instead and this test fails: then the retry is no longer needed."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    database = sqlite3.connect(prefect_server.home / "prefect.db", timeout=30)
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
     with temporary_settings(settings), step_tasks(STEP) as tasks:
         retry_no_state = load_script(STEP / "submit.py").retry_no_state
         future = tasks.add.delay(2, 3)  # no task server yet: it waits, Scheduled
         run_id = str(future.task_run_id)
-        with database:
-            database.execute(
-                "CREATE TRIGGER hold_back_state BEFORE INSERT ON task_run_state"
-                f" WHEN NEW.task_run_id = '{run_id}' AND NEW.type = 'COMPLETED'"
-                " BEGIN SELECT RAISE(ABORT, 'held back by the test'); END"
-            )
-        try:
+        held_back = f"NEW.task_run_id = '{run_id}' AND NEW.type = 'COMPLETED'"
+        with prefect_server.states_held_back(held_back):
             task_server(STEP / "task_server.py")
             # The first write lands: the run points at a Completed state that is not there.
             run = wait_for(
@@ -167,10 +160,6 @@ def test_result_raises_while_a_run_has_no_state_and_retry_no_state_waits(
             assert run["state"] is None and run["state_id"]
             with pytest.raises(RuntimeError, match=f"Task run {run_id} has no state"):
                 future.result(timeout=30)
-        finally:
-            with database:
-                database.execute("DROP TRIGGER IF EXISTS hold_back_state")
-            database.close()
         # The server writes the state when it retries (within seconds); the retry waits.
         assert retry_no_state(future.result, timeout=60) == 5
     assert prefect_server.task_run(run_id)["state"]["name"] == "Completed"
