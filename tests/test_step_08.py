@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from harness import UUID, step_dir
+from harness import UUID, step_dir, wait_for
 from prefect.client.schemas.objects import StateType
 
 from tutorial.runner import (
@@ -128,6 +128,43 @@ def test_a_failed_job_is_reported_not_raised(prefect_server, app):
         " 'Versionshinweise' does not look like English text",
     }
     assert prefect_server.task_run(job_id)["state"]["type"] == "FAILED"
+
+
+def test_a_job_whose_new_state_is_not_written_yet_reports_its_last_one(prefect_server, app):
+    """On SQLite the server records a run's new state in two writes; in between, the run
+    reads as having no state. read_job then answers with the last state it finds, so a
+    running job never reads as queued again. Here the gap is held open: the Completed
+    state of this API's runs fails to be written until the block ends."""
+    url = app
+    held_back = (
+        "NEW.type = 'COMPLETED' AND NEW.task_run_id IN"
+        f" (SELECT id FROM task_run WHERE tags LIKE '%{JOB_TAG}%')"
+    )
+    with httpx.Client(base_url=url, timeout=30) as client:
+        with prefect_server.states_held_back(held_back):
+            response = client.post("/jobs", json=ENGLISH)
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            run = wait_for(
+                lambda: prefect_server.task_run(job_id),
+                lambda run: run["state_type"] == "COMPLETED",
+                timeout=60,
+                what="the task server to report the job Completed",
+            )
+            assert run["state"] is None  # the gap: the run points at a state not written
+
+            answer = client.get(f"/jobs/{job_id}")
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {
+                "id": job_id,
+                "status": "running",
+                "result": None,
+                "error": None,
+            }
+        # Once the server writes the state (on its next try), the job is completed.
+        answers = poll_job(client, f"/jobs/{job_id}")
+    assert answers[-1]["status"] == "completed"
+    assert answers[-1]["result"]["words"] == 11
 
 
 def test_bad_input_is_a_422_and_enqueues_nothing(prefect_server, app):

@@ -151,6 +151,31 @@ def test_signup_answers_at_once_and_every_job_completes(prefect_server, app):
     assert prefect_server.result(runs["welcome_email"]) == inbox[0]["id"]
 
 
+def test_a_job_whose_new_state_is_not_written_yet_reads_as_that_state(prefect_server, app):
+    """On SQLite the server records a run's new state in two writes; in between, the run has
+    no state, but its state_type already names the new one, and read_user answers from it.
+    Here the gap is held open: no Completed state is written until the block ends."""
+    with app.client() as client:
+        with prefect_server.states_held_back("NEW.type = 'COMPLETED'"):
+            response = sign_up(client, "grace@example.com", name="Grace Hopper")
+            assert response.status_code == 201, response.text
+            runs = job_runs(app, response.json()["id"])
+            wait_for(
+                lambda: [prefect_server.task_run(run_id) for run_id in runs.values()],
+                lambda read: all(run["state_type"] == "COMPLETED" for run in read),
+                timeout=60,
+                what="the task server to report every job Completed",
+            )
+            assert all(prefect_server.task_run(r)["state"] is None for r in runs.values())
+
+            user = client.get(response.headers["Location"]).raise_for_status().json()
+            assert {job["kind"]: job["status"] for job in user["jobs"]} == dict.fromkeys(
+                KINDS, "completed"
+            )
+        # Once the server writes the states (on its next try), the runs have them too.
+        wait_for_runs(prefect_server, list(runs.values()))
+
+
 # Submits the step's tasks again, as a re-queued job would: arguments "task_name:user_id".
 RESUBMIT = """
 import sys, uuid

@@ -84,12 +84,17 @@ async def read_job(job_id: UUID) -> Job:
             run = await client.read_task_run(job_id)
         except ObjectNotFound:
             run = None
-    # Other runs on the same Prefect server are not ours to show: same answer as unknown ids.
-    if run is None or JOB_TAG not in run.tags:
-        raise HTTPException(status_code=404, detail="job not found")
+        # Other runs on the same Prefect server are not ours to show: same answer as unknown ids.
+        if run is None or JOB_TAG not in run.tags:
+            raise HTTPException(status_code=404, detail="job not found")
+        # Read the state once and answer: never wait for the run here.
+        state = run.state
+        if state is None:
+            # On SQLite the server records a new state in two writes; in between, the run
+            # has none. The last state it has recorded is still the truth.
+            recorded = await client.read_task_run_states(run.id)
+            state = recorded[-1] if recorded else None
 
-    # Read the state once and answer: never wait for the run here.
-    state = run.state
     job = Job(id=run.id, status=STATUS[state.type] if state else "queued")
     if state and state.name == "AwaitingRetry":
         job.status = "running"  # a retry happens in place, on the same task server

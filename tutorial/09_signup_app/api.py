@@ -135,8 +135,10 @@ def read_user(user_id: uuid.UUID) -> UserView:
         if run is None:
             views.append(JobView(kind=job.kind, status="not_queued"))
         else:
-            status = STATUS[run.state.type] if run.state else "queued"
-            if run.state and run.state.name == "AwaitingRetry":
+            # state_type, not state.type: on SQLite a run has no state for a moment while
+            # the server records a new one, but state_type already names the new one.
+            status = STATUS[run.state_type] if run.state_type else "queued"
+            if run.state_name == "AwaitingRetry":
                 status = "running"  # a retry happens in place, on the same task server
             views.append(JobView(kind=job.kind, status=status, attempts=run.run_count))
     return UserView(id=user_id, email=user.email, name=user.name, jobs=views)
