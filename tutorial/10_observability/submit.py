@@ -6,6 +6,7 @@ from collections import Counter
 
 from prefect import get_client, tags
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+from prefect.client.schemas.objects import StateType
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -14,6 +15,9 @@ from tasks import import_file
 
 FILE_IDS = range(1, 21)  # ids ending in 9 always fail; ids ending in 4 fail once, then work
 DEADLINE = 120  # seconds to wait for every run to reach a final state
+# Read state_type, not state: on SQLite a run has no state for a moment while the server
+# records a new one (step 08), but its state_type already names the new one.
+FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
 def view(runs, file_of) -> Table:
@@ -53,14 +57,14 @@ if __name__ == "__main__":
             while time.monotonic() < deadline:
                 runs = client.read_task_runs(task_run_filter=run_filter, limit=len(file_of))
                 live.update(view(runs, file_of))
-                if len(runs) == len(file_of) and all(r.state.is_final() for r in runs):
+                if len(runs) == len(file_of) and all(r.state_type in FINAL for r in runs):
                     break
                 time.sleep(0.5)
         histories = {run.id: client.read_task_run_states(run.id) for run in runs}
 
-    unfinished = [r for r in runs if not r.state.is_final()]
-    completed = [r for r in runs if r.state.is_completed()]
-    failed = [r for r in runs if r.state.is_failed()]
+    unfinished = [r for r in runs if r.state_type not in FINAL]
+    completed = [r for r in runs if r.state_type == StateType.COMPLETED]
+    failed = [r for r in runs if r.state_type == StateType.FAILED]
     retried = [r for r in runs if any(s.name == "Retrying" for s in histories[r.id])]
     waits = [queue_wait(h) for h in histories.values() if any(s.name == "Running" for s in h)]
     print(
