@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import UUID, PrefectServer, step_dir
+from harness import UUID, PrefectServer, step_dir, wait_for
 
 from tutorial.runner import ROOT, Process, free_port, wait_until_subscribed
 
@@ -401,17 +401,19 @@ def test_watch_failures_also_sees_runs_that_time_out(batch, prefect_server):
         rf"prefect\.task-run\.{run_id} TimedOut \[\]: Task run exceeded timeout of 1\.0 second",
         timeout=60,
     )
+
     # The server stores events a few seconds after it streams them.
-    deadline = time.monotonic() + 60
-    names: set[str] = set()
-    while "prefect.task-run.TimedOut" not in names:
-        assert time.monotonic() < deadline, f"no TimedOut event stored, only {names}"
-        time.sleep(0.5)
-        events = prefect_server.api(
-            "POST",
-            "/events/filter",
-            json={"filter": {"resource": {"id": [f"prefect.task-run.{run_id}"]}}},
-        )
-        names = {event["event"] for event in events["events"]}
+    def stored_events() -> set[str]:
+        resource = {"resource": {"id": [f"prefect.task-run.{run_id}"]}}
+        events = prefect_server.api("POST", "/events/filter", json={"filter": resource})
+        return {event["event"] for event in events["events"]}
+
+    names = wait_for(
+        stored_events,
+        lambda names: "prefect.task-run.TimedOut" in names,
+        timeout=60,
+        interval=0.5,
+        what="a stored TimedOut event",
+    )
     assert "prefect.task-run.Failed" not in names
     assert prefect_server.task_run(run_id)["state"]["type"] == "FAILED"

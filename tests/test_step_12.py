@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from harness import UUID, clean_env, step_dir
+from harness import UUID, clean_env, step_dir, wait_for
 
 from tutorial.runner import Process, free_port, wait_until_answering
 
@@ -162,10 +161,12 @@ def test_parameters_and_results_live_in_the_shared_storage(running_stack, stack_
         assert response.status_code == 202
         job_id = response.json()["id"]
         assert re.fullmatch(UUID, job_id)
-        deadline = time.monotonic() + 60
-        while (job := app.get(f"/jobs/{job_id}").json())["status"] != "completed":
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job = wait_for(
+            lambda: app.get(f"/jobs/{job_id}").json(),
+            lambda job: job["status"] == "completed",
+            timeout=60,
+            what="the job to complete",
+        )
 
     storage = stack_dir / "storage"
     assert len(list((storage / "parameters").iterdir())) >= 1
@@ -230,10 +231,7 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
         def task_servers(api: str) -> int:
             return len(httpx.post(f"{api}/task_workers/filter", json={}, auth=auth).json())
 
-        deadline = time.monotonic() + 60
-        while state(via_a) != "Completed":
-            assert time.monotonic() < deadline, state(via_a)
-            time.sleep(0.2)
+        wait_for(lambda: state(via_a), lambda name: name == "Completed", timeout=60)
         # A's task servers ran A's run; B's run, submitted first, is still in B's queue.
         assert state(via_b) == "Scheduled"
         assert (task_servers(api_a), task_servers(api_b)) == (2, 0)
@@ -242,12 +240,13 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
         task_server_b = Process(
             "task-server-b", [sys.executable, str(STEP / "task_server.py")], env=env_b, echo=False
         )
+
+        def state_of_b_while_serving() -> str:
+            assert task_server_b.running(), task_server_b.output
+            return state(via_b)
+
         try:
-            deadline = time.monotonic() + 120
-            while state(via_b) != "Completed":
-                assert time.monotonic() < deadline, state(via_b)
-                assert task_server_b.running(), task_server_b.output
-                time.sleep(0.2)
+            wait_for(state_of_b_while_serving, lambda name: name == "Completed", timeout=120)
         finally:
             task_server_b.stop()
     finally:
