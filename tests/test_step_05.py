@@ -248,6 +248,7 @@ def test_atomic_file_locks_wait_time_out_and_expire(tmp_path):
     assert manager.acquire_lock("key", "first")  # the holder may take it again
     assert manager.is_lock_holder("key", "first")
     assert not manager.acquire_lock("key", "second", acquire_timeout=0.2)
+    assert not manager.acquire_lock("key", "second", acquire_timeout=0)  # do not wait
     # Once the hold timeout has passed the lock counts as free.
     assert manager.acquire_lock("key", "second", acquire_timeout=5)
     assert manager.is_lock_holder("key", "second")

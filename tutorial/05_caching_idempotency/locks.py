@@ -1,5 +1,5 @@
 import os
-import tempfile
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -22,17 +22,19 @@ class AtomicFileLockManager(FileSystemLockManager):
         while True:
             if self.is_lock_holder(key, holder):
                 return True
-            if self.is_locked(key) and not self.wait_for_lock(key, acquire_timeout):
-                return False
+            if self.is_locked(key) and (
+                acquire_timeout == 0 or not self.wait_for_lock(key, acquire_timeout)
+            ):
+                return False  # 0 means "do not wait", which Prefect's wait_for_lock ignores
             expiration = None
             if hold_timeout is not None:
                 expires = datetime.now(UTC) + timedelta(seconds=hold_timeout)
                 expiration = expires.isoformat()
             lock = {"holder": holder, "expiration": expiration}
-            fd, staged = tempfile.mkstemp(dir=self.lock_files_directory, suffix=".staged")
+            staged = f"{lock_path}.{uuid.uuid4().hex}"  # a file of this attempt's own
+            with open(staged, "xb") as staged_file:  # permissions as Prefect's lock files
+                staged_file.write(pydantic_core.to_json(lock))
             try:
-                with os.fdopen(fd, "wb") as staged_file:
-                    staged_file.write(pydantic_core.to_json(lock))
                 os.link(staged, lock_path)  # fails if the lock file exists: never overwrites
                 return True
             except FileExistsError:
