@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -35,12 +36,19 @@ def step_dir(number: int) -> Path:
     return path
 
 
+def load_module(path: Path, name: str | None = None) -> ModuleType:
+    """Import a file as a module (named after the file unless `name` is given); a script's
+    `if __name__ == "__main__"` part does not run."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextmanager
 def step_tasks(step: Path) -> Iterator[Any]:
     """The step's tasks.py importable as `tasks`, as the scripts see it, to unpickle results."""
-    spec = importlib.util.spec_from_file_location("tasks", step / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(step / "tasks.py")
     saved = sys.modules.get("tasks")
     sys.modules["tasks"] = module
     try:

@@ -1,9 +1,8 @@
 """Step 01: a task submitted with .delay() runs on the task server, not in the submitter."""
 
-import importlib.util
 import re
 
-from harness import UUID, step_dir
+from harness import UUID, load_module, step_dir
 
 STEP = step_dir(1)
 
@@ -55,10 +54,7 @@ def test_a_run_waits_for_a_task_server(prefect_server, spawn, task_server):
 def _task_key(source: str, path) -> str:
     """The task key of send_welcome_email when its module's text is `source`, saved as `path`."""
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.send_welcome_email.task_key
+    return load_module(path).send_welcome_email.task_key
 
 
 def test_the_task_key_hashes_the_code_and_its_line_numbers(tmp_path):

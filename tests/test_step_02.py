@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
-from harness import UUID, step_dir, step_tasks, wait_for
+from harness import UUID, load_module, step_dir, step_tasks, wait_for
 
 STEP = step_dir(2)
 INVOICE = "Invoice(order_id=42, total_cents=2499, currency='EUR')"
-
-
-def load_script(path: Path) -> ModuleType:
-    """Import a step's script as a module (its `if __name__ == "__main__"` part does not run)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def latest_run(prefect_server, name: str) -> dict:
@@ -145,7 +135,7 @@ def test_result_raises_while_a_run_has_no_state_and_retry_no_state_waits(
 
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
     with temporary_settings(settings), step_tasks(STEP) as tasks:
-        retry_no_state = load_script(STEP / "submit.py").retry_no_state
+        retry_no_state = load_module(STEP / "submit.py").retry_no_state
         future = tasks.add.delay(2, 3)  # no task server yet: it waits, Scheduled
         run_id = str(future.task_run_id)
         held_back = f"NEW.task_run_id = '{run_id}' AND NEW.type = 'COMPLETED'"

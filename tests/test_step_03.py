@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import socket
 import time
 
-from harness import UUID, most_at_once, step_dir, step_tasks
+from harness import UUID, load_module, most_at_once, step_dir, step_tasks
 
 STEP = step_dir(3)
 LIMITS = {"task_server.py": 3, "task_server_small.py": 2}
@@ -100,9 +99,7 @@ def test_a_busy_task_server_keeps_runs_an_idle_one_could_take(
 
     (tmp_path / "hold_tasks.py").write_text(HOLD_TASKS)
     (tmp_path / "hold_server.py").write_text(HOLD_SERVER)
-    spec = importlib.util.spec_from_file_location("hold_tasks", tmp_path / "hold_tasks.py")
-    hold_tasks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hold_tasks)
+    hold_tasks = load_module(tmp_path / "hold_tasks.py")
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
     with temporary_settings(settings):
         run_ids = [str(hold_tasks.hold.delay(i).task_run_id) for i in range(3)]

@@ -1,13 +1,12 @@
 """Step 04: retries with backoff, a retry condition, a timeout, and how a submitter sees
 each outcome, read back from the Prefect API."""
 
-import importlib.util
 import re
 import time
 from contextlib import contextmanager
 from datetime import datetime
 
-from harness import UUID, step_dir
+from harness import UUID, load_module, step_dir
 
 STEP = step_dir(4)
 
@@ -106,10 +105,7 @@ def test_retries_permanent_errors_and_timeouts(prefect_server, task_server):
 
 
 def load_tasks():
-    spec = importlib.util.spec_from_file_location("step_04_tasks", STEP / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(STEP / "tasks.py", "step_04_tasks")
 
 
 @contextmanager

@@ -2,14 +2,13 @@
 even for two requests at once; a task with no policy is not cached on a task server."""
 
 import asyncio
-import importlib.util
 import re
 import threading
 import time
 from datetime import datetime
 
 import pytest
-from harness import UUID, step_dir
+from harness import UUID, load_module, step_dir
 from prefect import task
 from prefect.cache_policies import DEFAULT, INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.locking.filesystem import FileSystemLockManager
@@ -182,13 +181,6 @@ def test_inputs_alone_is_shared_by_every_task(prefect_server, tmp_path):
         assert signups.result() == "signups on 2026-11-25"
 
 
-def load_locks():
-    spec = importlib.util.spec_from_file_location("locks", STEP / "locks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_prefects_file_lock_fails_while_a_lock_file_is_being_written(tmp_path):
     """Why locks.py exists: FileSystemLockManager (3.9.1) creates a lock file empty and
     writes its holder afterwards. A second run that looks at it in between, as the second
@@ -203,7 +195,7 @@ def test_prefects_file_lock_fails_while_a_lock_file_is_being_written(tmp_path):
 def test_atomic_file_locks_let_one_holder_in_at_a_time(tmp_path):
     """Four runs of one key start at the same moment, 20 times over: none fails, and the
     lock never has two holders at once."""
-    manager = load_locks().AtomicFileLockManager(lock_files_directory=tmp_path)
+    manager = load_module(STEP / "locks.py").AtomicFileLockManager(lock_files_directory=tmp_path)
     errors, holders = [], []
     most_holders = 0
     guard = threading.Lock()
@@ -242,7 +234,7 @@ def test_atomic_file_locks_let_one_holder_in_at_a_time(tmp_path):
 
 def test_atomic_file_locks_wait_time_out_and_expire(tmp_path):
     """The rest of what Prefect's transactions ask of a lock manager still holds."""
-    manager = load_locks().AtomicFileLockManager(lock_files_directory=tmp_path)
+    manager = load_module(STEP / "locks.py").AtomicFileLockManager(lock_files_directory=tmp_path)
 
     assert manager.acquire_lock("key", "first", hold_timeout=1)
     assert manager.acquire_lock("key", "first")  # the holder may take it again

@@ -4,7 +4,6 @@ submit.py's summary is checked against what the Prefect API says about the same 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import signal
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import UUID, PrefectServer, step_dir, wait_for
+from harness import UUID, PrefectServer, load_module, step_dir, wait_for
 
 from tutorial.runner import ROOT, Process, free_port, wait_until_subscribed
 
@@ -390,9 +389,7 @@ def test_watch_failures_also_sees_runs_that_time_out(batch, prefect_server):
     on the state's type, FAILED, and so sees it."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    spec = importlib.util.spec_from_file_location("timing_out", batch.timing_out)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(batch.timing_out)
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
     with temporary_settings(settings):
         run_id = str(module.import_file.delay(1).task_run_id)

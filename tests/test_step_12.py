@@ -4,7 +4,6 @@ Docker; compose.yaml describes the same services for Docker."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from harness import UUID, clean_env, step_dir, wait_for
+from harness import UUID, clean_env, load_module, step_dir, wait_for
 
 from tutorial.runner import Process, free_port, wait_until_answering
 
@@ -32,12 +31,9 @@ def load_stack(state: Path):
     """stack.py as a module, with its state in `state`."""
     os.environ["STACK_DIR"] = str(state)
     try:
-        spec = importlib.util.spec_from_file_location("stack_12", STEP / "stack.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        return load_module(STEP / "stack.py", "stack_12")
     finally:
         del os.environ["STACK_DIR"]
-    return module
 
 
 def processes_naming(text: str) -> list[int]:
@@ -298,10 +294,7 @@ def test_the_task_key_changes_with_any_change_to_the_code(tmp_path):
         path = tmp_path / name.replace(" ", "_") / "t.py"
         path.parent.mkdir()
         path.write_text(text)
-        spec = importlib.util.spec_from_file_location(f"t_{n}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        keys[name] = module.f.task_key
+        keys[name] = load_module(path, f"t_{n}").f.task_key
     assert keys["same"] == keys["elsewhere"]
     assert keys["blank line above"] != keys["same"]
     assert keys["comment inside"] != keys["same"]

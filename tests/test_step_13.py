@@ -3,7 +3,6 @@ one retry; and what Prefect's submit API does not have, pinned so the lesson sta
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import re
 import shutil
@@ -14,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from harness import UUID, clean_env, step_dir, wait_for
+from harness import UUID, clean_env, load_module, step_dir, wait_for
 
 from tutorial.runner import Process, free_port
 
@@ -77,9 +76,7 @@ def wait_for_lines(process: Process, pattern: str, count: int, timeout: float = 
 def expected_thumbnails() -> list[dict]:
     """What the job must return for photo-1 to photo-8, computed here, directly, on the
     second attempt (the first one fails to store the thumbnail, by design)."""
-    spec = importlib.util.spec_from_file_location("thumbnails", STEP / "thumbnails.py")
-    thumbnails = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(thumbnails)
+    thumbnails = load_module(STEP / "thumbnails.py")
     return [
         thumbnails.create_thumbnail(f"photo-{n}.pgm", thumbnails.sample_upload(seed=n), attempt=2)
         for n in range(1, 9)
@@ -195,9 +192,7 @@ def test_a_future_scheduled_time_does_not_delay_a_background_run(
     whose scheduled_time is a minute ahead is queued, and run, at once."""
     script = tmp_path / "ping_server.py"
     script.write_text(PING)
-    spec = importlib.util.spec_from_file_location("ping_server", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(script)
     task_server(script)
 
     scheduled_time = datetime.now(UTC) + timedelta(seconds=60)
