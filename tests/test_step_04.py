@@ -9,6 +9,8 @@ from datetime import datetime
 from harness import UUID, load_module, step_dir
 
 STEP = step_dir(4)
+# retry_jitter_factor=0.5 draws each delay between these multiples of the configured one.
+JITTER_LOW = 0.629
 
 
 def outcome(output: str, call: str) -> dict[str, str]:
@@ -57,6 +59,12 @@ def test_retries_permanent_errors_and_timeouts(prefect_server, task_server):
     for attempt in (1, 2, 3):
         server.wait_for_line(rf"attempt {attempt}: sending a receipt to ada@example\.com", 10)
     server.wait_for_line(r"Retry 2/3 will start [\d.]+ second\(s\) from now", 10)
+    # Each retry's delay, as the task server logged it, lies within the jitter's range.
+    base = load_tasks().send_receipt.retry_delay_seconds
+    delays = re.findall(r"Retry (\d)/3 will start ([\d.]+) second", server.output)
+    assert [int(n) for n, _ in delays] == [1, 2]
+    for n, delay in delays:
+        assert JITTER_LOW * base[int(n) - 1] <= float(delay) <= 1.5 * base[int(n) - 1], delays
 
     # A permanent error: retry_condition_fn says no, so one attempt and Failed.
     rejected = outcome(submit.output, "send_receipt('bob@nowhere.invalid')")
@@ -140,3 +148,18 @@ def test_result_does_not_hear_a_timed_out_run(prefect_server, task_server):
     timed_out = timestamps(prefect_server, str(future.task_run_id))["TimedOut"]
     # The run ended about 2 s after it started; result() returned about 6 s after that.
     assert (returned - timed_out).total_seconds() > 3
+
+
+def test_jitter_draws_each_delay_between_063_and_15_times_the_base():
+    """What retry_jitter_factor=0.5 does to a delay, from the function Prefect's task engine
+    calls: as many shorter delays as longer ones, none below 0.63x or above 1.5x."""
+    from prefect.utilities.math import clamped_poisson_interval
+
+    factor = load_tasks().send_receipt.retry_jitter_factor
+    assert factor == 0.5
+    draws = [clamped_poisson_interval(1.0, clamping_factor=factor) for _ in range(20_000)]
+
+    assert JITTER_LOW <= min(draws) < 0.64
+    assert 1.49 < max(draws) <= 1.5
+    assert 0.97 < sum(draws) / len(draws) < 1.03  # the average stays the configured delay
+    assert 0.45 < sum(d < 1 for d in draws) / len(draws) < 0.6  # about half are shorter

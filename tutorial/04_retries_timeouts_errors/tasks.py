@@ -19,7 +19,7 @@ def retry_unless_rejected(task, task_run, state) -> bool:
 @task(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=0.5),  # 0.5 s, 1 s, 2 s
-    retry_jitter_factor=0.5,  # each delay up to 50% longer, so retries do not arrive in step
+    retry_jitter_factor=0.5,  # each delay 0.63x to 1.5x the base: retries do not arrive in step
     retry_condition_fn=retry_unless_rejected,
     log_prints=True,
 )
