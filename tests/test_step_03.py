@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -123,3 +124,50 @@ def test_a_busy_task_server_keeps_runs_an_idle_one_could_take(
     first_finished = position(r"Finished in state Completed")
     assert position(f"Received task run: {run_ids[1]}") < first_finished
     assert position(f"Received task run: {run_ids[2]}") > first_finished
+
+
+SPAN_TASKS = """\
+import time
+
+from prefect import task
+
+
+@task
+def span(i: int) -> tuple[float, float]:
+    started = time.time()
+    time.sleep(3)
+    return started, time.time()
+"""
+UNLIMITED_SERVER = """\
+from prefect.task_worker import serve
+
+from span_tasks import span
+
+if __name__ == "__main__":
+    serve(span, limit=None)
+"""
+
+
+def test_limit_none_still_caps_sync_tasks_at_the_thread_pool_size(
+    prefect_server, task_server, tmp_path
+):
+    """limit=None removes the task server's own cap, but sync tasks run in a
+    ThreadPoolExecutor created with max_workers=None: Python's default size,
+    min(32, CPU cores + 4). Runs beyond it wait for a thread."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    cores = getattr(os, "process_cpu_count", os.cpu_count)() or 1
+    pool_size = min(32, cores + 4)
+    (tmp_path / "span_tasks.py").write_text(SPAN_TASKS)
+    (tmp_path / "unlimited_server.py").write_text(UNLIMITED_SERVER)
+    span_tasks = load_module(tmp_path / "span_tasks.py")
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    # Queued before the task server starts, so that all of them arrive at once.
+    with temporary_settings(settings):
+        run_ids = [str(span_tasks.span.delay(i).task_run_id) for i in range(pool_size + 2)]
+
+    task_server(tmp_path / "unlimited_server.py")
+
+    wait_until_final(prefect_server, run_ids, timeout=120)
+    spans = [tuple(prefect_server.result(run_id)) for run_id in run_ids]
+    assert most_at_once(spans) == pool_size
