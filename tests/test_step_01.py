@@ -1,7 +1,14 @@
 """Step 01: a task submitted with .delay() runs on the task server, not in the submitter."""
 
+import glob
+import hashlib
+import os
 import re
+import shutil
+import subprocess
+import sys
 
+import pytest
 from harness import UUID, load_module, step_dir
 
 STEP = step_dir(1)
@@ -31,7 +38,8 @@ def test_delay_runs_on_the_task_server(prefect_server, task_server):
     run = prefect_server.task_run(run_id)
     assert run["state"]["type"] == "COMPLETED"
     assert run["flow_run_id"] is None  # a background run belongs to no flow
-    assert run["task_key"].startswith("send_welcome_email-")
+    # The key the task server subscribed with is the one this process computes.
+    assert run["task_key"] == load_module(STEP / "tasks.py").send_welcome_email.task_key
     assert prefect_server.state_names(run_id) == ["Scheduled", "Pending", "Running", "Completed"]
     assert prefect_server.result(run_id) == "welcome email sent to grace@example.com"
 
@@ -67,3 +75,72 @@ def test_the_task_key_hashes_the_code_and_its_line_numbers(tmp_path):
     assert _task_key("\n" + source, tmp_path / "blank_line.py") != key
     changed = source.replace("time.sleep(2)", "time.sleep(3)")
     assert _task_key(changed, tmp_path / "changed_body.py") != key
+
+
+# The recipe of Prefect's _generate_task_key (prefect/tasks.py): 8 hex digits of the MD5 of
+# the function's code object, pickled with cloudpickle. Run by another Python version, with
+# only cloudpickle (pure Python) borrowed from this environment.
+KEY_OF_CODE = """
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+import cloudpickle
+module = compile(open(sys.argv[2]).read(), "tasks.py", "exec")
+code = next(c for c in module.co_consts if getattr(c, "co_name", "") == "send_welcome_email")
+print(hashlib.md5(cloudpickle.dumps(((code,), {}))).hexdigest()[:8])
+"""
+
+
+def other_pythons() -> dict[str, str]:
+    """Python 3 interpreters of another minor version than this one: on PATH or pyenv's."""
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(8, 20)]
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.*/bin/python3"))
+    found = {}
+    for python in filter(None, candidates):
+        asked = [python, "-c", "import sys; print(*sys.version_info[:2])"]
+        version = subprocess.run(asked, capture_output=True, text=True, timeout=60)
+        if version.returncode != 0:  # a pyenv shim without a version selected, say
+            continue
+        major, minor = map(int, version.stdout.split())
+        # cloudpickle 3 needs Python 3.8 or newer.
+        if (major, minor) != sys.version_info[:2] and (major, minor) >= (3, 8):
+            found.setdefault(f"{major}.{minor}", python)
+    return found
+
+
+def key_on(python: str, folder) -> str:
+    """send_welcome_email's task key as the interpreter `python` computes it, by Prefect's
+    recipe, with only cloudpickle borrowed from this environment (linked into `folder`)."""
+    import cloudpickle
+
+    link = folder / "cloudpickle"
+    link.symlink_to(os.path.dirname(cloudpickle.__file__))
+    try:
+        argv = [python, "-c", KEY_OF_CODE, str(folder), str(STEP / "tasks.py")]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    finally:
+        link.unlink()
+    assert done.returncode == 0, done.stderr
+    return f"send_welcome_email-{done.stdout.strip()}"
+
+
+def test_the_task_key_is_a_hash_of_the_code_object(tmp_path):
+    import cloudpickle
+    from prefect.tasks import NUM_CHARS_DYNAMIC_KEY
+
+    task = load_module(STEP / "tasks.py").send_welcome_email
+    digest = hashlib.md5(cloudpickle.dumps(((task.fn.__code__,), {}))).hexdigest()
+    assert task.task_key == f"send_welcome_email-{digest[:NUM_CHARS_DYNAMIC_KEY]}"
+    # The same recipe in a process of its own, as the next test runs it on other Pythons.
+    assert key_on(sys.executable, tmp_path) == task.task_key
+
+
+def test_another_python_minor_version_gives_another_task_key(tmp_path):
+    """Bytecode changes from one Python minor version to the next, and so does the key:
+    submitter and task server need the same Python minor version."""
+    others = other_pythons()
+    if not others:
+        pytest.skip("no Python of another minor version on this machine")
+    key = load_module(STEP / "tasks.py").send_welcome_email.task_key
+    keys = {minor: key_on(python, tmp_path) for minor, python in others.items()}
+    assert key not in keys.values(), (key, keys)
