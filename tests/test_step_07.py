@@ -2,13 +2,19 @@
 
 import re
 import shutil
+import sys
 
 import httpx
 from harness import UUID, most_at_once, step_dir, wait_for
 
+from tutorial.runner import Process, wait_until_subscribed
+
 STEP = step_dir(7)
 # A start is recorded a moment after the server granted its slot; allow this much.
 GRANT_TO_START = 0.5
+# Two task servers start together this many times against limits that do not exist yet
+# (without the retry on ObjectAlreadyExists, one of the two failed in 8 rounds of 8).
+ROUNDS = 2
 
 
 def rate_limit_violations(starts, limit, per_second):
@@ -125,3 +131,52 @@ def test_a_missing_limit_is_skipped_unless_strict(prefect_server, spawn, task_se
         assert run["state"]["type"] == "FAILED"
         assert "must be created before acquiring slots" in run["state"]["message"]
     assert "ConcurrencySlotAcquisitionError" in submit.output
+
+
+# Starts a script as `python script.py` would, but only once the file `go` exists, with
+# Prefect already imported: two of these start the script within milliseconds of each other.
+AT_THE_SIGNAL = """
+import runpy, sys, time
+from pathlib import Path
+
+import prefect.task_worker  # the slow part of a start, before the signal
+
+go, script = Path(sys.argv[1]), sys.argv[2]
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.002)
+sys.argv = [script]
+sys.path.insert(0, str(Path(script).parent))
+runpy.run_path(script, run_name="__main__")
+"""
+LIMIT_NAMES = ("inventory-service", "sms-provider")
+
+
+def test_two_task_servers_starting_together_both_create_the_limits(
+    prefect_server, started, tmp_path
+):
+    """Both task servers find no limit and create it at the same moment: the second create
+    answers 409, and the task server must still start."""
+    for round_ in range(ROUNDS):
+        for name in LIMIT_NAMES:
+            httpx.delete(f"{prefect_server.api_url}/v2/concurrency_limits/{name}", timeout=30)
+        go = tmp_path / f"go-{round_}"
+        argv = [sys.executable, "-c", AT_THE_SIGNAL, str(go), str(STEP / "task_server.py")]
+        servers = [
+            Process(f"task_server-{i}", argv, env=prefect_server.env, echo=False) for i in range(2)
+        ]
+        started.extend(servers)
+        for server in servers:
+            server.wait_for_line(r"^ready$", timeout=120)
+        go.touch()
+        for server in servers:
+            wait_until_subscribed(prefect_server.api_url, server)
+        for server in servers:
+            server.stop()
+        limits = prefect_server.api("POST", "/v2/concurrency_limits/filter", json={})
+        values = {
+            limit["name"]: (limit["limit"], limit["slot_decay_per_second"])
+            for limit in limits
+            if limit["name"] in LIMIT_NAMES
+        }
+        assert values == {"inventory-service": (3, 0), "sms-provider": (2, 1.0)}
