@@ -20,10 +20,9 @@ import pytest
 import yaml
 from harness import UUID, clean_env, load_module, step_dir, wait_for
 
-from tutorial.runner import Process, free_port, wait_until_answering
+from tutorial.runner import ROOT, Process, free_port, wait_until_answering
 
 STEP = step_dir(12)
-TUTORIAL = str(Path(sys.executable).with_name("tutorial"))
 JOBS = 12
 
 
@@ -78,13 +77,49 @@ def assert_all_stopped(state: Path) -> None:
     assert not (state / "postgres" / "data" / "postmaster.pid").exists()
 
 
-def test_one_command_runs_jobs_through_the_app_on_two_task_servers(stack_dir):
-    runner = Process("tutorial", [TUTORIAL, "12"], env=stack_env(stack_dir, JOBS=str(JOBS)))
+@pytest.fixture
+def private_repo(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """The repo's files in a folder only its owner may enter, like a clone in /root (mode
+    700) in a container or on a fresh VM, and a temporary folder for its processes. Returns
+    (repo, temporary folder)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    repo = home / "repo"
+    ignore = shutil.ignore_patterns(".venv", "__pycache__", ".prefect", "*.db")
+    shutil.copytree(ROOT / "tutorial", repo / "tutorial", ignore=ignore)
+    shutil.copy(ROOT / "pyproject.toml", repo)
+    server_env = "tutorial/12_production/server/.venv"  # 150 MB: shared, not copied
+    (repo / server_env).symlink_to(ROOT / server_env)
+    scratch = Path(tempfile.mkdtemp(prefix="prefect-step12-tmp-"))
+    scratch.chmod(0o755)  # like /tmp: every user may enter it
+    try:
+        yield repo, scratch
+    finally:
+        for pgdata in scratch.glob("*/data"):
+            if (pgdata / "postmaster.pid").exists():  # a test failed half-way: stop it anyway
+                stack = load_stack(repo / ".prefect" / "production")
+                pg_ctl = [stack.postgres_tool("pg_ctl"), "-D", str(pgdata), "-m", "immediate"]
+                subprocess.run([*stack.AS_POSTGRES, *pg_ctl, "-w", "stop"], check=False)
+        for pid in processes_naming(str(repo)):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(scratch)
+
+
+def test_one_command_runs_jobs_through_the_app_on_two_task_servers(private_repo):
+    """`uv run tutorial 12` from a repo in a private folder, with no setting: as root (a
+    container, CI) PostgreSQL's user cannot enter it, so the database lives elsewhere."""
+    repo, scratch = private_repo
+    runner = Process(
+        "tutorial",
+        [sys.executable, str(repo / "tutorial" / "runner.py"), "12"],
+        env=clean_env(PREFECT_SERVER_UI_ENABLED="false", JOBS=str(JOBS), TMPDIR=str(scratch)),
+    )
     try:
         assert runner.wait(timeout=480) == 0, runner.output
     finally:
         runner.stop(grace=90)
     out = runner.output.splitlines()
+    stack_dir = repo / ".prefect" / "production"
 
     assert "[stack] stack: 2 task servers subscribed" in out
     assert any(
@@ -93,7 +128,7 @@ def test_one_command_runs_jobs_through_the_app_on_two_task_servers(stack_dir):
     )
     assert any(re.fullmatch(rf"\[stack\] {JOBS} of {JOBS} jobs completed after .*", x) for x in out)
     assert "[stack] without the auth string: 401 {'exception_message': 'Unauthorized'}" in out
-    assert f"Step 12 done. Its services are stopped; their logs: {stack_dir}/logs" in out
+    assert "Step 12 done. Its services are stopped; their logs: .prefect/production/logs" in out
     # The runner started no Prefect server of its own: the stack brought one.
     assert not any("Starting a local Prefect server" in line for line in out)
 
@@ -107,6 +142,16 @@ def test_one_command_runs_jobs_through_the_app_on_two_task_servers(stack_dir):
     # Stopped in order, PostgreSQL last, and nothing left running.
     stops = [x for x in out if re.match(r"\[stack\] stack: (stopped|PostgreSQL stopped)", x)]
     assert stops[-1] == "[stack] stack: PostgreSQL stopped"
+    assert processes_naming(str(repo)) == []
+    elsewhere = re.search(r"this run's database is in (\S+), deleted on stop", runner.output)
+    if os.geteuid() == 0:  # PostgreSQL ran as its own user, its database outside the repo
+        assert elsewhere, runner.output
+        assert Path(elsewhere[1]).parent == scratch
+        assert not Path(elsewhere[1]).exists()
+        assert "database system is shut down" in (stack_dir / "logs" / "postgres.log").read_text()
+    else:  # PostgreSQL ran as this user, its database in the repo's .prefect/
+        assert elsewhere is None
+        assert (stack_dir / "postgres" / "data" / "PG_VERSION").exists()
     assert_all_stopped(stack_dir)
 
 

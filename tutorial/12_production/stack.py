@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def postgres_tool(name: str) -> str:
     if not tool:
         sys.exit(f"stack: {name} not found: install PostgreSQL (Debian: apt install postgresql)")
     return tool
+
+
+def postgres_folder() -> Path:
+    """Where PostgreSQL keeps its database: STATE/postgres, or a throwaway folder when root
+    runs the stack from a folder that PostgreSQL's user cannot enter (a repo under /root)."""
+    folder = STATE / "postgres"
+    if AS_POSTGRES and subprocess.run([*AS_POSTGRES, "test", "-x", str(STATE)]).returncode:
+        # Deleted on stop: the database starts empty on every run, the rest stays in STATE.
+        folder = Path(tempfile.mkdtemp(prefix="prefect-stack-postgres-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if AS_POSTGRES:  # root: PostgreSQL refuses to run as root, so its user owns the folder
+        shutil.chown(folder, "postgres", "postgres")
+    return folder
 
 
 def load_secrets() -> dict[str, str]:
@@ -84,7 +98,7 @@ class Stack:
     def __init__(self) -> None:
         self.secrets = load_secrets()
         self.ports = {name: free_port() for name in ("postgres", "redis", "prefect", "app")}
-        self.pgdata = STATE / "postgres" / "data"
+        self.pgdata = postgres_folder() / "data"
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.postgres_running = False
 
@@ -140,11 +154,12 @@ class Stack:
 
     def start_postgres(self) -> None:
         folder = self.pgdata.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        if AS_POSTGRES:  # root: PostgreSQL refuses to run as root
-            shutil.chown(folder, "postgres", "postgres")
-            if subprocess.run([*AS_POSTGRES, "test", "-w", str(folder)]).returncode:
-                sys.exit(f"stack: the postgres user cannot reach {folder}: set STACK_DIR")
+        if not folder.is_relative_to(STATE):
+            print(
+                f"stack: PostgreSQL's user cannot enter {STATE}; this run's database is in"
+                f" {folder}, deleted on stop",
+                flush=True,
+            )
         if not (self.pgdata / "PG_VERSION").exists():
             pwfile = folder / "password"
             pwfile.write_text(self.secrets["postgres_password"])
@@ -242,6 +257,11 @@ class Stack:
         self.processes.clear()
         if self.postgres_running:
             self.stop_postgres()
+        folder = self.pgdata.parent
+        if not folder.is_relative_to(STATE):  # a throwaway database (see postgres_folder)
+            if (folder / "log").exists():
+                shutil.copyfile(folder / "log", STATE / "logs" / "postgres.log")
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(command: list[str]) -> int:
