@@ -5,6 +5,7 @@ session's server and the other steps' runs are never touched."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -17,7 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import SERVER_START_TIMEOUT, PrefectServer, clean_env, step_dir, wait_for
+from harness import (
+    SERVER_START_TIMEOUT,
+    PrefectServer,
+    clean_env,
+    load_module,
+    step_dir,
+    wait_for,
+)
 
 from tutorial.runner import Process, free_port, server_is_up, wait_until_subscribed
 
@@ -243,11 +251,12 @@ def test_a_server_restart_strands_scheduled_runs_until_recover_requeues_them(
     wait_for(lambda: state(own, fresh) == "COMPLETED", timeout=60, what="a fresh run")
     assert [history(own, run_id) for run_id in queued] == [["Scheduled"]] * 3
 
-    reconciler = recover(own, started, "--once", "--scheduled-after", "0")
+    # No run comes after them: the task server is idle while they are still Scheduled.
+    reconciler = recover(own, started, "--scheduled-after", "2", "--interval", "0.5")
     for run_id in queued:
-        assert f"{run_id}: re-enqueued (Scheduled since" in reconciler.output
         wait_for(lambda r=run_id: state(own, r) == "COMPLETED", timeout=60, what=run_id)
         assert history(own, run_id) == ["Scheduled", "Requeued", "Pending", "Running", "Completed"]
+        assert f"{run_id}: re-enqueued (Scheduled since" in reconciler.output
     payments, attempts = ledger(tmp_path / "ledger.db", "r-")
     assert payments == attempts == {f"r-{n}": 1 for n in (1, 2, 3, 4)}
 
@@ -265,12 +274,122 @@ def test_runs_nobody_serves_are_reported_not_requeued(own, started, tmp_path):
 
     reconciler = recover(own, started, "--once", "--scheduled-after", "0")
 
-    assert f"no task server serves {key} right now: 1 stranded runs left as they are" in (
-        reconciler.output
-    )
+    assert f"no task server serves {key} right now: 1 runs left as they are" in (reconciler.output)
     assert run_id not in reconciler.output
     assert history(own, run_id) == ["Scheduled"]
     httpx.delete(f"{own.api_url}/task_runs/{run_id}", timeout=30).raise_for_status()
+
+
+def deliveries(server: PrefectServer, run_id: str) -> int:
+    """How many times a task server received the run: each delivery starts with Pending."""
+    return history(server, run_id).count("Pending")
+
+
+def test_a_backlog_waits_and_each_run_is_delivered_once(own, started, tmp_path):
+    """Runs that wait behind others are not lost: recover.py leaves them in the queue, though
+    the backlog is ten times longer than every threshold it is given."""
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    reconciler = recover(
+        own, started, "--scheduled-after", "1", "--running-after", "2", "--interval", "0.5"
+    )
+    orders = [f"b-{n:02d}" for n in range(20)]
+    submitter = submit(own, started, tmp_path, *orders)
+    run_ids = [submitted(submitter, order_id) for order_id in orders]
+    # One task server, one run at a time, 1 s each: the last run waits 20 s or more.
+    start_task_server(own, started, TASK_SERVER_LIMIT="1", PAYMENT_LATENCY="1", **env)
+    for run_id in run_ids:
+        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", timeout=120, what=run_id)
+
+    counts = [deliveries(own, run_id) for run_id in run_ids]
+    print(f"backlog: {len(run_ids)} jobs, {sum(counts)} deliveries")
+    assert "re-enqueued (" not in reconciler.output, reconciler.output
+    assert counts == [1] * len(run_ids)
+    payments, attempts = ledger(tmp_path / "ledger.db", "b-")
+    assert payments == attempts == {order_id: 1 for order_id in orders}
+
+
+def test_a_long_run_is_left_alone_while_its_task_server_sends_heartbeats(own, started, tmp_path):
+    """A run Running longer than --running-after is not lost while its task server is alive:
+    the heartbeats task_server.py sends for it say so."""
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    start_task_server(own, started, PAYMENT_LATENCY="20", TASK_SERVER_HEARTBEAT="1", **env)
+    run_id = submitted(submit(own, started, tmp_path, "h-1"), "h-1")
+    wait_for(lambda: state(own, run_id) == "RUNNING", timeout=60, what=run_id)
+    # Heartbeats reach the API within the event persister's flush (5 s) after they are sent.
+    reconciler = recover(own, started, "--running-after", "8", "--interval", "1")
+
+    wait_for(lambda: state(own, run_id) == "COMPLETED", timeout=60, what=run_id)
+    assert reconciler.wait_for_line(r"pass: 0 unfinished", timeout=30)
+    assert run_id not in reconciler.output
+    assert history(own, run_id) == ["Scheduled", "Pending", "Running", "Completed"]
+    payments, attempts = ledger(tmp_path / "ledger.db", "h-")
+    assert payments == attempts == {"h-1": 1}
+
+
+FOREGROUND = """\
+import sys
+
+sys.path.insert(0, sys.argv[1])
+from tasks import charge_order
+
+charge_order(sys.argv[2], 100)  # in the foreground, outside any flow
+"""
+
+
+def test_a_task_called_in_the_foreground_is_never_requeued(own, started, tmp_path):
+    """A task called directly outside a flow also makes a task run with no flow run, but it
+    has no queue and no parameters stored: a run left unfinished is not recover.py's."""
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    start_task_server(own, started, **env)  # it serves the same task key
+
+    def running() -> set[str]:
+        runs = own.api("POST", "/task_runs/filter", json={"sort": "ID_DESC", "limit": 200})
+        return {r["id"] for r in runs if r["state_type"] == "RUNNING"}
+
+    script = tmp_path / "foreground.py"
+    script.write_text(FOREGROUND)
+    before = running()
+    caller = Process(
+        "foreground",
+        [sys.executable, str(script), str(STEP), "f-1"],
+        env={**own.env, "PAYMENT_LATENCY": "60", **env},
+        echo=False,
+    )
+    started.append(caller)
+    (run_id,) = wait_for(lambda: running() - before, timeout=60, what="the foreground run")
+    os.kill(caller.pid, signal.SIGKILL)  # it stays Running for good
+    caller.wait(timeout=10)
+
+    reconciler = recover(own, started, "--once", "--scheduled-after", "0", "--running-after", "0")
+
+    assert run_id not in reconciler.output
+    assert history(own, run_id) == ["Pending", "Running"]
+    httpx.delete(f"{own.api_url}/task_runs/{run_id}", timeout=30).raise_for_status()
+
+
+def test_requeue_leaves_a_run_alone_while_the_server_writes_its_state(own, started, tmp_path):
+    """On SQLite a run reads with no state for a moment while the server records its new
+    one (step 08): recover.py skips it this pass instead of failing the whole pass."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    start_task_server(own, started, PAYMENT_LATENCY="2", **env)
+    run_id = submitted(submit(own, started, tmp_path, "n-1"), "n-1")
+    wait_for(lambda: state(own, run_id) == "RUNNING", timeout=60, what=run_id)
+    recover_py = load_module(STEP / "recover.py", "recover_11")
+
+    async def requeue_run_read_before():
+        async with get_client() as client:
+            running = await client.read_task_run(run_id)  # what a pass read as stranded
+            with own.states_held_back(f"NEW.task_run_id = '{run_id}'"):
+                wait_for(lambda: own.task_run(run_id)["state"] is None, timeout=60)
+                return await recover_py.requeue(client, running)
+
+    with temporary_settings({PREFECT_API_URL: own.api_url}):
+        assert asyncio.run(requeue_run_read_before()) is False
+    wait_for(lambda: state(own, run_id) == "COMPLETED", timeout=60, what=run_id)
+    assert history(own, run_id) == ["Scheduled", "Pending", "Running", "Completed"]
 
 
 # --- a full queue blocks the submitter ---------------------------------------------------
@@ -310,7 +429,7 @@ def test_chaos_loses_nothing_and_charges_nothing_twice(own, started, tmp_path):
     env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
     start_task_server(own, started, **env)
     # A second reconciler beside the one submit.py starts: two at once must be safe.
-    fast = ["--scheduled-after", "20", "--running-after", "10", "--interval", "2"]
+    fast = ["--scheduled-after", "10", "--running-after", "15", "--interval", "2"]
     second = recover(own, started, *fast)
     began = time.monotonic()
     submit_py = own.spawn(STEP / "submit.py", JOBS="200", **env)

@@ -21,8 +21,9 @@ JOBS = int(os.environ.get("JOBS", "200"))
 # Read state_type, not state: on SQLite a run has no state for a moment while the server
 # records a new one (step 08), but its state_type already names the new one.
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
-# Jobs take under 0.5 s: a run Scheduled for 20 s, or Pending or Running for 10 s, is stranded.
-RECOVER = ["--scheduled-after", "20", "--running-after", "10", "--interval", "2"]
+# Jobs take 2 s at most: a run in flight with no news for 15 s (three heartbeats missed) is
+# lost; a run Scheduled for less than 10 s is never touched.
+RECOVER = ["--scheduled-after", "10", "--running-after", "15", "--interval", "2"]
 
 
 def start(log: str, script: str, *args: str, **env: str) -> subprocess.Popen:

@@ -5,6 +5,7 @@ import signal
 
 from prefect.client.schemas.objects import TaskRun
 from prefect.client.subscriptions import Subscription
+from prefect.events import emit_event
 from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 from prefect.task_worker import TaskWorker
@@ -14,6 +15,9 @@ from tasks import charge_order
 logger = get_logger("task_server")
 LIMIT = int(os.environ.get("TASK_SERVER_LIMIT", "10"))
 GRACE = float(os.environ.get("TASK_SERVER_GRACE", "30"))
+# Seconds between two heartbeats for each run in flight; keep recover.py's --running-after
+# well above it.
+HEARTBEAT = float(os.environ.get("TASK_SERVER_HEARTBEAT", "5"))
 
 
 async def serve_until_signalled(*tasks, limit: int, grace: float) -> None:
@@ -34,13 +38,28 @@ async def serve_until_signalled(*tasks, limit: int, grace: float) -> None:
     )
     slots = asyncio.Semaphore(limit)
     in_flight: set[asyncio.Task] = set()
+    running: set = set()  # the ids of the runs in flight
     receiving = False
 
     async def run(task_run: TaskRun) -> None:
+        running.add(task_run.id)
         try:
             await worker.execute_task_run(task_run)
         finally:
+            running.discard(task_run.id)
             slots.release()
+
+    async def heartbeat() -> None:
+        # Prefect 3.9 sends heartbeats for flow runs, not for task runs. These tell
+        # recover.py that a long run is alive, not stranded by a task server that died.
+        while True:
+            for run_id in list(running):
+                emit_event(
+                    event="task-server.heartbeat",
+                    resource={"prefect.resource.id": f"prefect.task-run.{run_id}"},
+                    payload={"task_server": worker.client_id},
+                )
+            await asyncio.sleep(HEARTBEAT)
 
     async def receive() -> None:
         nonlocal receiving
@@ -58,6 +77,7 @@ async def serve_until_signalled(*tasks, limit: int, grace: float) -> None:
     async with worker:
         logger.info(f"Serving {' '.join(sorted(worker.task_keys))} (limit {limit})")
         receiver = asyncio.create_task(receive())
+        beating = asyncio.create_task(heartbeat())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([receiver, stopped], return_when=asyncio.FIRST_COMPLETED)
         if receiver.done():
@@ -79,6 +99,7 @@ async def serve_until_signalled(*tasks, limit: int, grace: float) -> None:
             if unfinished:
                 logger.warning(f"{len(unfinished)} runs still running after {grace:.0f} s")
                 os._exit(1)  # their threads cannot be stopped; they stay Running
+        beating.cancel()
     logger.info("Stopped: every run it took has finished")
 
 
