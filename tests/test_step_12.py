@@ -4,8 +4,10 @@ Docker; compose.yaml describes the same services for Docker."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -292,6 +294,141 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
             task_server_b.stop()
     finally:
         server_b.stop()
+
+
+PROBE = """
+from prefect import task
+from prefect.settings import get_current_settings
+
+
+@task
+def settings_seen(n: int) -> dict:
+    settings = get_current_settings()  # on the task server, inside the run
+    return {"home": str(settings.home), "auth_string": settings.api.auth_string is not None}
+"""
+
+PROBE_SERVER = """
+from prefect.task_worker import serve
+from probe import settings_seen
+serve(settings_seen)
+"""
+
+# Three ways to submit: .delay(); create_run with a client that has the auth string, from
+# settings that do not; the lesson's way, a client made by hand in a process whose Prefect
+# settings hold no API setting at all.
+SUBMIT_PROBE = """
+import asyncio, os, sys
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+from probe import settings_seen
+
+
+async def create_run(client):
+    async with client:
+        return await settings_seen.create_run(client=client, parameters={"n": 1}, deferred=True)
+
+
+way = sys.argv[1]
+if way == "delay":
+    print(settings_seen.delay(1).task_run_id)
+elif way == "settings without the auth string":
+    client = get_client()
+    with temporary_settings(restore_defaults=[PREFECT_API_AUTH_STRING]):
+        print(asyncio.run(create_run(client)).id)
+else:
+    url, auth_string = os.environ["APP_PREFECT_API_URL"], os.environ["APP_PREFECT_AUTH_STRING"]
+    print(asyncio.run(create_run(PrefectClient(url, auth_string=auth_string))).id)
+"""
+
+
+def test_parameters_files_hold_the_submitters_settings_and_its_auth_string(
+    running_stack, stack_dir, tmp_path
+):
+    """Each parameters file holds the submitter's whole settings context, the auth string in
+    it, and the task server runs the task under those settings, not its own."""
+    _, settings = running_stack
+    api = settings["PREFECT_API_URL"]
+    auth_string = json.loads((stack_dir / "secrets.json").read_text())["auth_string"]
+    auth = tuple(auth_string.split(":", 1))
+    storage = stack_dir / "storage"
+    (tmp_path / "probe.py").write_text(PROBE)
+    (tmp_path / "probe_server.py").write_text(PROBE_SERVER)
+    (tmp_path / "submit_probe.py").write_text(SUBMIT_PROBE)
+    clients = clean_env(
+        PREFECT_API_URL=api,
+        PREFECT_API_AUTH_STRING=auth_string,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(storage),
+        PYTHONPATH=str(tmp_path),
+    )
+
+    def submit(way: str, **env: str) -> str:
+        """Run the submitter from a folder with no Prefect settings file; the run's id."""
+        done = subprocess.run(
+            [sys.executable, "submit_probe.py", way],
+            cwd=tmp_path,
+            env={**env, "PREFECT_HOME": str(tmp_path / "submitter-home")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()[-1]
+
+    def run(run_id: str) -> dict:
+        return httpx.get(f"{api}/task_runs/{run_id}", auth=auth).json()
+
+    def submitted(run_id: str) -> bytes:
+        """The run's parameters file: JSON around a base64 pickle, decoded."""
+        states = httpx.get(f"{api}/task_run_states/", params={"task_run_id": run_id}, auth=auth)
+        (parameters_id,) = {s["state_details"]["task_parameters_id"] for s in states.json()} - {
+            None
+        }
+        record = json.loads((storage / "parameters" / parameters_id).read_text())
+        return base64.b64decode(record["result"])
+
+    def submitted_settings(run_id: str) -> dict:
+        """The settings in it, as the task server reads them."""
+        return pickle.loads(submitted(run_id))["context"]["settings_context"]["settings"]
+
+    def result(run_id: str) -> dict:
+        state = wait_for(lambda: run(run_id)["state"], lambda s: s["type"] == "COMPLETED")
+        record = json.loads(Path(state["data"]["storage_key"]).read_text())
+        return pickle.loads(base64.b64decode(record["result"]))
+
+    # Before any task server runs: the version check that a fresh one makes first.
+    no_auth = submit("settings without the auth string", **clients)
+    task_server_env = {**clients, "PREFECT_HOME": str(tmp_path / "task-server-home")}
+    probe = Process("probe", [sys.executable, "-m", "probe_server"], env=task_server_env)
+    try:
+        # The file holds no auth string, so the run has none on the task server: the
+        # server answers 401 and the run stays Pending.
+        assert submitted_settings(no_auth)["api"]["auth_string"] is None
+        probe.wait_for_line(rf"Failed to submit task run UUID\('{no_auth}'\)", timeout=120)
+        assert "401 Unauthorized" in probe.output
+        wait_for(lambda: run(no_auth)["state"]["name"], lambda name: name == "Pending")
+
+        # .delay(): the auth string in the file, and the run sees the submitter's home.
+        delayed = submit("delay", **clients)
+        assert submitted_settings(delayed)["api"]["auth_string"] == auth_string
+        assert result(delayed) == {"home": str(tmp_path / "submitter-home"), "auth_string": True}
+
+        # A client made by hand, no Prefect API setting in the submitter: no API settings
+        # in the file, so the task server uses its own, auth string included.
+        own_client = submit(
+            "own client",
+            **{k: v for k, v in clients.items() if not k.startswith("PREFECT_API_")},
+            APP_PREFECT_API_URL=api,
+            APP_PREFECT_AUTH_STRING=auth_string,
+        )
+        assert "api" not in submitted_settings(own_client)
+        assert result(own_client)["auth_string"] is True
+        # In clear once decoded; and nowhere in the file of the lesson's way.
+        assert auth_string.encode() in submitted(delayed)
+        assert auth_string.encode() not in submitted(own_client)
+    finally:
+        probe.stop()
+    # Only the stack's user may read the storage.
+    assert storage.stat().st_mode & 0o777 == 0o700
 
 
 def test_sigterm_stops_everything(running_stack, stack_dir):

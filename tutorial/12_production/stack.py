@@ -194,6 +194,8 @@ class Stack:
     def up(self) -> None:
         for folder in ("logs", "storage", "homes", "redis"):
             (STATE / folder).mkdir(parents=True, exist_ok=True)
+        # Every parameters file holds the submitter's settings, the auth string included.
+        (STATE / "storage").chmod(0o700)
         self.start_postgres()
 
         argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.ports["redis"])]
