@@ -53,8 +53,8 @@ def processes_naming(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def stack_dir() -> Iterator[Path]:
-    """One state folder for the module: the first stack start creates the database, the
-    next ones reuse it, as on a real machine. PostgreSQL's user must be able to reach it."""
+    """The state folder of the stack the module's tests keep up (`running_stack`), in a
+    folder PostgreSQL's user can reach, so its database lives in it."""
     state = Path(tempfile.mkdtemp(prefix="prefect-step12-"))
     state.chmod(0o755)
     try:
