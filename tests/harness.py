@@ -96,10 +96,12 @@ class PrefectServer:
 
     @classmethod
     @contextmanager
-    def start(cls, home: Path) -> Iterator[PrefectServer]:
+    def start(cls, home: Path, **settings: str) -> Iterator[PrefectServer]:
+        """A server of its own on a free port, with `settings` (for example
+        PREFECT_SERVER_TASKS_SCHEDULING_MAX_SCHEDULED_QUEUE_SIZE="2") in its environment."""
         port = free_port()
         api_url = f"http://127.0.0.1:{port}/api"
-        env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home))
+        env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home), **settings)
         argv = [sys.executable, "-m", "prefect", "server", "start"]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--no-ui"]
         log_file = home / "server.log"

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -485,6 +486,9 @@ def run_step(step: Step, server: Server | None) -> None:
         # Every process of the step learns where the app will listen (tasks may call it).
         port = free_port()
         env["API_URL"] = f"http://127.0.0.1:{port}"
+        # The app's one client (api.py refuses to start without one) and submit.py's key.
+        env["JOBS_API_KEY"] = secrets.token_urlsafe(24)
+        env["JOBS_API_KEYS"] = f"submit={env['JOBS_API_KEY']}"
     try:
         for script in step.task_servers:
             task_server = Process(script.stem, [sys.executable, str(script)], env=env)
@@ -559,11 +563,15 @@ def cmd_server(step: Step) -> None:
     for script in step.task_servers:
         say(f"  terminal {terminal}:  cd {ROOT} && {python} {_show(script)}")
         terminal += 1
+    key = ""
     if step.api:
         uvicorn = "uv run uvicorn" if os.environ.get("UV") else "uvicorn"
-        say(f"  terminal {terminal}:  cd {ROOT} && {uvicorn} --app-dir {_show(step.path)} api:app")
+        key = secrets.token_urlsafe(24)  # the app's one client: submit.py
+        app = f"JOBS_API_KEYS=submit={key} {uvicorn} --app-dir {_show(step.path)} api:app"
+        say(f"  terminal {terminal}:  cd {ROOT} && {app}")
         terminal += 1
-    say(f"  terminal {terminal}:  cd {ROOT} && {python} {_show(step.path / 'submit.py')}")
+        key = f"JOBS_API_KEY={key} "
+    say(f"  terminal {terminal}:  cd {ROOT} && {key}{python} {_show(step.path / 'submit.py')}")
     if not server.process:
         return
     say()

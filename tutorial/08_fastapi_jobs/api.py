@@ -1,20 +1,43 @@
-from typing import Literal
-from uuid import UUID
+import hashlib
+import hmac
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
 
-from fastapi import FastAPI, HTTPException, Response
+import anyio
+import httpx
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prefect import tags
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
-from prefect.exceptions import ObjectNotFound
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import get_current_settings
 from pydantic import BaseModel, Field
 
 from tasks import Document, DocumentScore, score_document
+
+logger = logging.getLogger("jobs_api")
 
 # Every run this API submits carries this tag, and GET /jobs/{id} shows no other run. Not the
 # task key: it changes with every change to the task's code, so jobs submitted before a deploy
 # would vanish.
 JOB_TAG = "api:score_document"
+
+# A request waits this long for the Prefect API, retries included, then answers 503: a Prefect
+# server that is down or whose queue is full must not hold clients (or the app) for minutes.
+PREFECT_TIMEOUT = 5.0
+RETRY_AFTER = "5"
+
+# The task raises ValueError for a document it cannot score: that message is written for the
+# client. Any other failure (a bug, a crash) may carry internals: the client gets none of it.
+CLIENT_ERROR = "Task run encountered an exception ValueError: "
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
@@ -41,18 +64,120 @@ class Job(BaseModel):
     result: DocumentScore | None = Field(None, description="Set once the job is completed")
     error: str | None = Field(
         None,
-        description="Why the job failed, once it has",
+        description="Why the job failed, or why a completed job has no result",
         examples=[
             "Task run encountered an exception ValueError: 'Notes' does not look like English text"
         ],
     )
 
 
-class NotFound(BaseModel):
+class Problem(BaseModel):
     detail: str = Field(examples=["job not found"])
 
 
-app = FastAPI(title="Document scoring", description="Score documents in the background.")
+def problem(description: str, **headers: str) -> dict:
+    """An error response for the OpenAPI docs."""
+    documented = {name: {"description": text} for name, text in headers.items()}
+    return {"model": Problem, "description": description, "headers": documented}
+
+
+UNAUTHORIZED = problem("Missing or wrong API key", **{"WWW-Authenticate": "Bearer"})
+UNAVAILABLE = problem(
+    "The job service cannot reach Prefect right now", **{"Retry-After": "Seconds to wait"}
+)
+
+
+# --- clients and their keys -----------------------------------------------------------
+
+
+def load_api_keys() -> dict[str, bytes]:
+    """JOBS_API_KEYS="client-a=<key>,client-b=<key>": one key per client, from your secret
+    store. There is no default: without keys the app refuses to start."""
+    keys = {}
+    for pair in os.environ.get("JOBS_API_KEYS", "").split(","):
+        name, _, key = pair.strip().partition("=")
+        if name and len(key) < 16:
+            raise RuntimeError(f"JOBS_API_KEYS: the key of {name!r} is shorter than 16 characters")
+        if name:
+            keys[name] = key.encode()
+    if not keys:
+        raise RuntimeError("set JOBS_API_KEYS (client=key pairs): the app has no clients")
+    return keys
+
+
+bearer = HTTPBearer(auto_error=False, description="Your client's API key")
+
+
+def authenticate(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
+    """The calling client's name."""
+    if credentials is not None:
+        given = credentials.credentials.encode()
+        for name, key in request.app.state.api_keys.items():
+            if hmac.compare_digest(given, key):  # takes as long for a near miss as a far one
+                return name
+    raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+# An endpoint's parameter of this type is the name of the client that calls it.
+Client = Annotated[str, Depends(authenticate)]
+
+
+def owner_tag(client: str) -> str:
+    return f"client:{client}"
+
+
+# --- Idempotency-Key: the job each key got ---------------------------------------------
+
+
+class Submissions:
+    """A row per (client, Idempotency-Key), claimed *before* the job is submitted, with the
+    job's id chosen up front. A retry, a concurrent twin or a request after a crash between
+    claim and submission all find the row, and so the same job id."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with self.connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS submissions (client TEXT NOT NULL, key TEXT NOT NULL,"
+                " body TEXT NOT NULL, job_id TEXT NOT NULL, PRIMARY KEY (client, key))"
+            )
+
+    def connect(self) -> closing[sqlite3.Connection]:
+        return closing(sqlite3.connect(self.path, timeout=10))
+
+    def claim(self, client: str, key: str, document: Document) -> UUID:
+        body = hashlib.sha256(document.model_dump_json().encode()).hexdigest()
+        with self.connect() as db, db:
+            db.execute(
+                "INSERT OR IGNORE INTO submissions VALUES (?, ?, ?, ?)",
+                (client, key, body, str(uuid4())),
+            )
+            job_id, claimed = db.execute(
+                "SELECT job_id, body FROM submissions WHERE client = ? AND key = ?", (client, key)
+            ).fetchone()
+        if claimed != body:
+            raise HTTPException(409, "this Idempotency-Key was used with another document")
+        return UUID(job_id)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    app.state.api_keys = load_api_keys()
+    # Your app's own database in production; by default a file beside Prefect's local data.
+    path = Path(os.environ.get("JOBS_DB") or get_current_settings().home / "jobs-api.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    app.state.submissions = Submissions(str(path))
+    # One Prefect client for the app's lifetime: one pool of connections, not one per request.
+    async with get_client() as prefect:
+        app.state.prefect = prefect
+        yield
+
+
+app = FastAPI(
+    title="Document scoring", description="Score documents in the background.", lifespan=lifespan
+)
 
 
 @app.get("/health")
@@ -60,47 +185,116 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def submit(document: Document) -> UUID:
-    # .delay() is synchronous and does network and disk I/O: keep it off the event loop.
-    with tags(JOB_TAG):
-        return score_document.delay(document).task_run_id
+@contextmanager
+def prefect_or_503() -> Iterator[None]:
+    """Bound every call to Prefect; if it fails or is too slow, the client retries later."""
+    try:
+        with anyio.fail_after(PREFECT_TIMEOUT):  # cancels Prefect's own retries, too
+            yield
+    except (TimeoutError, OSError, httpx.HTTPError) as exc:
+        logger.warning("Prefect unavailable: %r", exc)  # the details stay in our logs
+        raise HTTPException(
+            503, "the job service is unavailable, retry later", headers={"Retry-After": RETRY_AFTER}
+        ) from None
+
+
+async def read_own_run(prefect: PrefectClient, job_id: UUID, client: str) -> TaskRun | None:
+    try:
+        run = await prefect.read_task_run(job_id)
+    except ObjectNotFound:
+        return None
+    # Another client's job, or a run this API did not submit: the same answer as unknown ids.
+    if JOB_TAG not in run.tags or owner_tag(client) not in run.tags:
+        return None
+    return run
+
+
+async def submit(prefect: PrefectClient, job_id: UUID, document: Document, client: str) -> None:
+    with tags(JOB_TAG, owner_tag(client)):
+        try:
+            # .delay() without its per-call client and its minute of retries; the id is ours.
+            await score_document.create_run(
+                client=prefect, id=job_id, parameters={"document": document}, deferred=True
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise  # 409: a concurrent request with the same key created this run first
 
 
 @app.post(
     "/jobs",
     status_code=202,
-    responses={202: {"headers": {"Location": {"description": "Where to poll the job"}}}},
+    responses={
+        202: {"headers": {"Location": {"description": "Where to poll the job"}}},
+        400: problem("The body cannot be read (FastAPI's answer to bytes that are not text)"),
+        401: UNAUTHORIZED,
+        409: problem("The Idempotency-Key was used with another document"),
+        503: UNAVAILABLE,
+    },
 )
-async def create_job(document: Document, response: Response) -> Job:
-    job_id = await run_in_threadpool(submit, document)
+async def create_job(
+    document: Document,
+    request: Request,
+    response: Response,
+    client: Client,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="Send the same key when you retry: you get the same job, never two",
+        ),
+    ] = None,
+) -> Job:
+    prefect = request.app.state.prefect
+    if idempotency_key is None:
+        job_id = uuid4()
+    else:
+        submissions = request.app.state.submissions
+        job_id = await run_in_threadpool(submissions.claim, client, idempotency_key, document)
+    with prefect_or_503():
+        run = idempotency_key and await read_own_run(prefect, job_id, client)
+        if run:
+            job = await describe(prefect, run)  # a retry: the job as it is now
+        else:
+            await submit(prefect, job_id, document, client)
+            job = Job(id=job_id, status="queued")
     response.headers["Location"] = f"/jobs/{job_id}"
-    return Job(id=job_id, status="queued")
+    return job
 
 
-@app.get("/jobs/{job_id}", responses={404: {"model": NotFound}})
-async def read_job(job_id: UUID) -> Job:
-    async with get_client() as client:
-        try:
-            run = await client.read_task_run(job_id)
-        except ObjectNotFound:
-            run = None
-        # Other runs on the same Prefect server are not ours to show: same answer as unknown ids.
-        if run is None or JOB_TAG not in run.tags:
+@app.get(
+    "/jobs/{job_id}",
+    responses={401: UNAUTHORIZED, 404: problem("No such job"), 503: UNAVAILABLE},
+)
+async def read_job(job_id: UUID, request: Request, client: Client) -> Job:
+    with prefect_or_503():
+        run = await read_own_run(request.app.state.prefect, job_id, client)
+        if run is None:
             raise HTTPException(status_code=404, detail="job not found")
-        # Read the state once and answer: never wait for the run here.
-        state = run.state
-        if state is None:
-            # On SQLite the server records a new state in two writes; in between, the run
-            # has none. The last state it has recorded is still the truth.
-            recorded = await client.read_task_run_states(run.id)
-            state = recorded[-1] if recorded else None
+        return await describe(request.app.state.prefect, run)
+
+
+async def describe(prefect: PrefectClient, run: TaskRun) -> Job:
+    # Read the state once and answer: never wait for the run here.
+    state = run.state
+    if state is None:
+        # On SQLite the server records a new state in two writes; in between, the run
+        # has none. The last state it has recorded is still the truth.
+        recorded = await prefect.read_task_run_states(run.id)
+        state = recorded[-1] if recorded else None
 
     job = Job(id=run.id, status=STATUS[state.type] if state else "queued")
     if state and state.name == "AwaitingRetry":
         job.status = "running"  # a retry happens in place, on the same task server
     if job.status == "completed":
-        # Loads the result file the task server wrote: the app needs the same result storage.
-        job.result = DocumentScore.model_validate(await state.aresult())
+        try:
+            # Loads the result file the task server wrote: the app needs the same storage.
+            job.result = DocumentScore.model_validate(await state.aresult())
+        except Exception:
+            logger.exception("job %s: its result cannot be read", run.id)
+            job.error = "the job completed, but its result is no longer available"
     elif job.status == "failed":
-        job.error = state.message
+        message = state.message or ""
+        job.error = message if message.startswith(CLIENT_ERROR) else "the job failed"
     return job

@@ -1,10 +1,12 @@
 import os
 import sys
 import time
+import uuid
 
 import httpx
 
 API_URL = os.environ.get("API_URL", "http://127.0.0.1:8000")
+API_KEY = os.environ["JOBS_API_KEY"]  # this client's key, one of the app's JOBS_API_KEYS
 
 # Each document, and the status its job should end in.
 DOCUMENTS = [
@@ -27,9 +29,23 @@ DOCUMENTS = [
     ({"title": "Versionshinweise", "text": "Die neue Version ist schneller."}, "failed"),
 ]
 
+
+def post_job(client: httpx.Client, document: dict) -> httpx.Response:
+    """POST /jobs; on a 503, wait as told and send the same request again. The same
+    Idempotency-Key makes a retry return the job of an earlier try that did get through."""
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    for _ in range(10):
+        response = client.post("/jobs", json=document, headers=headers)
+        if response.status_code != 503:
+            break
+        time.sleep(float(response.headers.get("Retry-After", "5")))
+    return response
+
+
 if __name__ == "__main__":
     ok = True
-    with httpx.Client(base_url=API_URL, timeout=30) as client:
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=API_URL, headers=auth, timeout=30) as client:
         # A malformed body is refused at once, and nothing is submitted.
         response = client.post("/jobs", json={"title": "No text"})
         errors = [f"{e['loc'][-1]}: {e['msg']}" for e in response.json()["detail"]]
@@ -38,7 +54,7 @@ if __name__ == "__main__":
 
         jobs = {}
         for document, expected in DOCUMENTS:
-            response = client.post("/jobs", json=document)
+            response = post_job(client, document)
             response.raise_for_status()
             location = response.headers["Location"]
             print(
