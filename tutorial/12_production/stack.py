@@ -101,6 +101,7 @@ class Stack:
         self.pgdata = postgres_folder() / "data"
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.postgres_running = False
+        self.api_key = secrets.token_urlsafe(24)  # the app's one client (JOBS_API_KEY), per start
 
     # --- the settings every process gets -------------------------------------------------
 
@@ -225,7 +226,8 @@ class Stack:
         app_url = self.client_env("app")["API_URL"]
         argv = [sys.executable, "-m", "uvicorn", "api:app", "--app-dir", "tutorial/08_fastapi_jobs"]
         argv += ["--host", "127.0.0.1", "--port", str(self.ports["app"])]
-        app = self.start("app", argv, self.client_env("app"))
+        keys = {"JOBS_API_KEYS": f"submit={self.api_key}"}
+        app = self.start("app", argv, {**self.client_env("app"), **keys})
         self.start(
             "recover",
             [sys.executable, "tutorial/11_reliability/recover.py"],
@@ -274,10 +276,10 @@ def main(command: list[str]) -> int:
     try:
         stack.up()
         if command:
-            env = {**os.environ, **stack.client_env("command")}
+            env = {**os.environ, **stack.client_env("command"), "JOBS_API_KEY": stack.api_key}
             return subprocess.run(command, cwd=ROOT, env=env).returncode
         # For your own clients (submit.py, the prefect CLI): `set -a; . client.env; set +a`
-        settings = stack.client_env("your-client")
+        settings = {**stack.client_env("your-client"), "JOBS_API_KEY": stack.api_key}
         env_file = STATE / "client.env"
         env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         env_file.chmod(0o600)
@@ -285,6 +287,8 @@ def main(command: list[str]) -> int:
         for key, value in settings.items():
             if key == "PREFECT_API_AUTH_STRING":
                 value = f"(the auth_string in {STATE / 'secrets.json'})"
+            elif key == "JOBS_API_KEY":
+                value = f"(in {env_file})"
             print(f"  {key}={value}", flush=True)
         print("stack: Ctrl+C stops it all", flush=True)
         while all(process.poll() is None for _, process in stack.processes):
