@@ -3,7 +3,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint, create_engine, make_url
+from sqlalchemy import DateTime, ForeignKey, String, UniqueConstraint, create_engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The app AND the task server read this: both must reach the same database.
@@ -28,12 +28,15 @@ class User(Base):
     # Stored lower-cased, so the unique constraint ignores case: Ada@x.com == ada@x.com.
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(100))
+    # A hash of the secret that lets the person read their account: a copy of the
+    # database gives no one a working token.
+    token_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
 
 
 class Job(Base):
     """One background task of a user. Written in the same transaction as the user, so it
-    cannot be forgotten; task_run_id stays NULL until the task is queued."""
+    cannot be forgotten; task_run_id stays NULL until the task is queued (the outbox)."""
 
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("user_id", "kind"),)
@@ -42,6 +45,8 @@ class Job(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     kind: Mapped[str] = mapped_column(String(40))
     task_run_id: Mapped[uuid.UUID | None]
+    # Set while a dispatcher queues the job, so that no other one queues it meanwhile.
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Workspace(Base):

@@ -9,7 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel, EmailStr
 
-router = APIRouter(tags=["fake providers"])
+# Not part of the app's API: kept out of its OpenAPI schema.
+router = APIRouter(include_in_schema=False)
 
 messages: dict[str, dict] = {}  # the mail provider's outbox, by Idempotency-Key
 contacts: dict[str, dict] = {}  # the CRM's contacts, by email
@@ -43,9 +44,17 @@ class Contact(BaseModel):
     lifecycle_stage: str
 
 
-@router.put("/fake-crm/contacts/{email}")
+# `:path` lets the key hold a "/", which an email address may contain.
+@router.put("/fake-crm/contacts/{email:path}")
 async def upsert_contact(email: str, contact: Contact) -> dict:
     await asyncio.sleep(3)  # a slow third-party API
     # PUT to the contact's natural key: calling it twice leaves one contact.
     contacts[email.lower()] = {"email": email.lower(), **contact.model_dump()}
+    return contacts[email.lower()]
+
+
+@router.get("/fake-crm/contacts/{email:path}")
+async def read_contact(email: str) -> dict:
+    if email.lower() not in contacts:
+        raise HTTPException(status_code=404, detail="no such contact")
     return contacts[email.lower()]

@@ -21,6 +21,8 @@ if __name__ == "__main__":
         response = client.post("/users", json={"email": email, "name": "Ada Lovelace"})
         response.raise_for_status()
         location = response.headers["Location"]
+        # Only the token in this answer can read the user, and it is shown only here.
+        auth = {"Authorization": f"Bearer {response.json()['token']}"}
         print(f"POST /users -> {response.status_code} after {time.perf_counter() - started:.2f} s")
         print(f"  Location: {location}")
         print(f"  jobs: {show_jobs(response.json())}")
@@ -28,7 +30,7 @@ if __name__ == "__main__":
         # Poll the user until every job has finished, but never forever.
         deadline = time.monotonic() + 60
         while True:
-            user = client.get(location).json()
+            user = client.get(location, headers=auth).raise_for_status().json()
             if all(job["status"] in FINAL for job in user["jobs"]):
                 break
             if time.monotonic() > deadline:

@@ -1,6 +1,7 @@
 import os
 import time
 import uuid
+from urllib.parse import quote
 
 import httpx
 from prefect import task
@@ -53,11 +54,13 @@ def set_up_workspace(user_id: uuid.UUID) -> str:
 @task(retries=3, retry_delay_seconds=1, log_prints=True)
 def add_to_crm(user_id: uuid.UUID) -> str:
     user = load_user(user_id)
+    # Quote the address for the URL path: "x?y@example.com" is a valid address, and
+    # unquoted its "?" would start a query string, updating contact "x" instead.
     response = httpx.put(
-        f"{API_URL}/fake-crm/contacts/{user.email}",
+        f"{API_URL}/fake-crm/contacts/{quote(user.email, safe='@')}",
         json={"name": user.name, "lifecycle_stage": "signed_up"},
         timeout=10,
     )
     response.raise_for_status()
     print(f"CRM contact {user.email} is up to date")
-    return user.email
+    return response.json()["email"]  # the contact the CRM updated
