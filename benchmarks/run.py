@@ -256,7 +256,9 @@ class PrefectSetup:
         argv = uvicorn_argv(Step(STEP_08), port)
         if self.api_app:
             argv[argv.index("api:app")] = self.api_app  # step 08's folder stays importable
-        api = processes.start("step-08-api", argv, env)
+        app_env = {**env, "JOBS_API_KEYS": f"bench={load.API_KEY}"}
+        app_env["JOBS_DB"] = str(workdir / "step-08-jobs.db")
+        api = processes.start("step-08-api", argv, app_env)
         result["api"] = drive_api(api, port, config)
 
         server_log = processes.log("prefect-server").read_text(errors="replace")
