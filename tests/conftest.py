@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -7,6 +8,9 @@ import pytest
 from harness import PrefectServer
 
 from tutorial.runner import Process, wait_until_answering, wait_until_subscribed
+
+# No Prefect SDK telemetry from the tests or the processes they start (the README explains it).
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,20 @@
 import glob
 import hashlib
 import os
+import pty
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import pytest
-from harness import UUID, load_module, step_dir
+from harness import UUID, clean_env, load_module, step_dir, wait_for
+
+from tutorial.runner import ROOT
 
 STEP = step_dir(1)
 
@@ -144,3 +151,107 @@ def test_another_python_minor_version_gives_another_task_key(tmp_path):
     key = load_module(STEP / "tasks.py").send_welcome_email.task_key
     keys = {minor: key_on(python, tmp_path) for minor, python in others.items()}
     assert key not in keys.values(), (key, keys)
+
+
+# Prefect's SDK telemetry, in prefect/_internal/analytics/: at `import prefect`, in an
+# interactive terminal only, unless DO_NOT_TRACK is set or a CI variable is.
+NOTICE = "Prefect collects anonymous usage data"
+
+
+def without_tracking_opt_outs(**settings: str) -> dict[str, str]:
+    """An environment where Prefect's SDK telemetry is on: no DO_NOT_TRACK, no CI variable
+    (unless `settings` name one), plus `settings`."""
+    from prefect._internal.analytics.ci_detection import CI_ENV_VARS
+
+    env = clean_env()
+    for name in {"DO_NOT_TRACK", *CI_ENV_VARS}:
+        env.pop(name, None)
+    return {**env, **settings}
+
+
+@contextmanager
+def in_a_terminal(
+    argv: list[str], env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen, Callable[[], str]]]:
+    """Run `argv` from the repo root with a pseudo-terminal for stdin, stdout and stderr, as
+    in a terminal window. Yields the process and a function that returns its output so far;
+    the process is stopped at the end."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    chunks: list[bytes] = []
+
+    def pump() -> None:
+        while True:
+            try:
+                data = os.read(controller, 4096)
+            except OSError:  # EIO: every process writing to the terminal has gone
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    output = lambda: b"".join(chunks).decode(errors="replace")  # noqa: E731
+    try:
+        yield process, output
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        reader.join(timeout=5)
+        os.close(controller)
+
+
+def test_prefect_shows_its_telemetry_notice_in_a_terminal(tmp_path):
+    """The control for the next test: a terminal and a fresh Prefect home are enough for the
+    notice and the .sdk_telemetry folder."""
+    env = without_tracking_opt_outs(PREFECT_HOME=str(tmp_path))
+    argv = [sys.executable, "-c", "import prefect"]
+    with in_a_terminal(argv, env) as (process, out):
+        assert process.wait(timeout=120) == 0, out()
+    assert NOTICE in out()
+    assert (tmp_path / ".sdk_telemetry" / "device_id").is_file()
+
+
+def test_the_runner_turns_prefects_telemetry_off(prefect_server, tmp_path):
+    """`uv run tutorial 1` in a terminal, with a fresh Prefect home: no notice, no files."""
+    env = without_tracking_opt_outs(
+        PREFECT_API_URL=prefect_server.api_url, PREFECT_HOME=str(tmp_path)
+    )
+    with in_a_terminal([sys.executable, "-m", "tutorial.runner", "1"], env) as (process, out):
+        assert process.wait(timeout=300) == 0, out()
+    assert "background: welcome email sent to grace@example.com" in out()
+    assert NOTICE not in out()
+    assert not (tmp_path / ".sdk_telemetry").exists()
+
+
+def test_a_task_server_started_by_hand_with_do_not_track_sends_nothing(prefect_server, tmp_path):
+    """The lesson's command, in a terminal, after the README's `export DO_NOT_TRACK=1`."""
+    readme = (ROOT / "README.md").read_text()
+    assert "export DO_NOT_TRACK=1" in readme
+    env = without_tracking_opt_outs(
+        PREFECT_API_URL=prefect_server.api_url, PREFECT_HOME=str(tmp_path), DO_NOT_TRACK="1"
+    )
+    script = str((STEP / "task_server.py").relative_to(ROOT))
+    with in_a_terminal([sys.executable, script], env) as (_, out):
+        wait_for(
+            lambda: "Subscribing to runs of task(s): send_welcome_email" in out(),
+            timeout=120,
+            what="the task server did not subscribe",
+        )
+    assert NOTICE not in out()
+    assert not (tmp_path / ".sdk_telemetry").exists()

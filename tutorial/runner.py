@@ -618,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Prefect reads its settings from the current folder; every process runs from here.
     os.chdir(ROOT)
+    # Prefect's SDK telemetry starts at `import prefect` in a terminal (a notice, files in
+    # .prefect/.sdk_telemetry/, an event if the server allows it); only this variable turns
+    # it off, here and in every process the runner starts.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     steps = find_steps()
