@@ -62,9 +62,16 @@ def post_job(client: httpx.Client, document: dict, key: str | None = None) -> ht
     SQLite busy for longer than the app waits) it sends the same request again, with the same
     Idempotency-Key, so it never gets two jobs."""
     headers = {"Idempotency-Key": key or str(uuid.uuid4())}
+
+    def post() -> httpx.Response | None:
+        try:
+            return client.post("/jobs", json=document, headers=headers)
+        except httpx.TransportError:  # a kept-alive connection the app just closed
+            return None
+
     return wait_for(
-        lambda: client.post("/jobs", json=document, headers=headers),
-        lambda response: response.status_code != 503,
+        post,
+        lambda response: response is not None and response.status_code != 503,
         timeout=90,
         interval=1,
         what="POST /jobs to answer other than 503",
@@ -692,11 +699,14 @@ async def health_latencies(url: str, path: str, jobs: int) -> tuple[list[float],
 
         async def post() -> httpx.Response:
             headers = {"Idempotency-Key": str(uuid.uuid4())}
-            while (
-                response := await posts.post(path, json=ENGLISH, headers=headers)
-            ).is_server_error:
+            while True:
+                try:
+                    response = await posts.post(path, json=ENGLISH, headers=headers)
+                except httpx.TransportError:  # a kept-alive connection the app just closed
+                    continue
+                if response.status_code != 503:
+                    return response
                 await asyncio.sleep(float(response.headers["Retry-After"]))
-            return response
 
         await probe.get("/health")  # connected before the load starts
         submitting = asyncio.gather(*(post() for _ in range(jobs)))

@@ -31,15 +31,19 @@ DOCUMENTS = [
 
 
 def post_job(client: httpx.Client, document: dict) -> httpx.Response:
-    """POST /jobs; on a 503, wait as told and send the same request again. The same
-    Idempotency-Key makes a retry return the job of an earlier try that did get through."""
+    """POST /jobs until the app answers other than 503. Every try sends the same
+    Idempotency-Key: if an earlier one got through, the app returns that job, never a second."""
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     for _ in range(10):
-        response = client.post("/jobs", json=document, headers=headers)
+        try:
+            response = client.post("/jobs", json=document, headers=headers)
+        except httpx.TransportError:  # no answer at all: the job may exist, or not
+            time.sleep(1)
+            continue
         if response.status_code != 503:
-            break
+            return response
         time.sleep(float(response.headers.get("Retry-After", "5")))
-    return response
+    raise RuntimeError("POST /jobs: no answer but 503 after 10 tries")
 
 
 if __name__ == "__main__":

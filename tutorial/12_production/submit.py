@@ -31,14 +31,18 @@ def refused_without_auth() -> bool:
 
 
 def post_job(app: httpx.Client, document: dict) -> httpx.Response:
-    """On a 503, wait as told and retry with the same Idempotency-Key: never two jobs."""
+    """On a 503 or no answer, retry with the same Idempotency-Key: never two jobs."""
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     for _ in range(10):
-        response = app.post("/jobs", json=document, headers=headers)
+        try:
+            response = app.post("/jobs", json=document, headers=headers)
+        except httpx.TransportError:
+            time.sleep(1)
+            continue
         if response.status_code != 503:
-            break
+            return response
         time.sleep(float(response.headers.get("Retry-After", "5")))
-    return response
+    raise RuntimeError("POST /jobs: no answer but 503 after 10 tries")
 
 
 if __name__ == "__main__":
