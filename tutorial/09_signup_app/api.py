@@ -179,7 +179,14 @@ async def page() -> FileResponse:
 
 # Plain `def`: FastAPI runs these in its threadpool, so the blocking database calls and
 # Prefect's client never block the event loop.
-@app.post("/users", status_code=201, responses={409: {"description": "Email already in use"}})
+@app.post(
+    "/users",
+    status_code=201,
+    responses={
+        400: {"description": "The body cannot be parsed"},
+        409: {"description": "Email already in use"},
+    },
+)
 def sign_up(signup: Signup, response: Response) -> NewUserView:
     # Commit the user and its jobs first: a task must never look for a user not yet saved.
     user_id, email, token = uuid.uuid4(), signup.email.lower(), secrets.token_urlsafe(32)
