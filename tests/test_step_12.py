@@ -199,8 +199,17 @@ def test_clients_need_the_auth_string(running_stack, stack_dir):
 
 def test_parameters_and_results_live_in_the_shared_storage(running_stack, stack_dir):
     _, settings = running_stack
-    with httpx.Client(base_url=settings["API_URL"], timeout=30) as app:
-        response = app.post("/jobs", json={"title": "Notes", "text": "It is on the mat."})
+    # The app's key is in client.env only; the stack prints where it is.
+    client_env = dict(line.split("=", 1) for line in (stack_dir / "client.env").read_text().split())
+    assert settings["JOBS_API_KEY"] == f"(in {stack_dir}/client.env)"
+    auth = {"Authorization": f"Bearer {client_env['JOBS_API_KEY']}"}
+    with httpx.Client(base_url=settings["API_URL"], headers=auth, timeout=30) as app:
+        document = {"title": "Notes", "text": "It is on the mat."}
+        assert (
+            app.post("/jobs", json=document, headers={"Authorization": "Bearer x"}).status_code
+            == 401
+        )
+        response = app.post("/jobs", json=document)
         assert response.status_code == 202
         job_id = response.json()["id"]
         assert re.fullmatch(UUID, job_id)
