@@ -413,7 +413,8 @@ def test_parameters_files_hold_the_submitters_settings_and_its_auth_string(
         # server answers 401 and the run stays Pending.
         assert submitted_settings(no_auth)["api"]["auth_string"] is None
         probe.wait_for_line(rf"Failed to submit task run UUID\('{no_auth}'\)", timeout=120)
-        assert "401 Unauthorized" in probe.output
+        # The traceback that names the 401 follows that line, maybe a moment later.
+        probe.wait_for_line("401 Unauthorized", timeout=30)
         wait_for(lambda: run(no_auth)["state"]["name"], lambda name: name == "Pending")
 
         # .delay(): the auth string in the file, and the run sees the submitter's home.
