@@ -1,0 +1,122 @@
+"""tutorial/waiting.py: the one way the steps wait for a background run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from harness import PrefectServer, wait_for
+from prefect.exceptions import FailedRun
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+from tutorial.runner import wait_until_subscribed
+from tutorial.waiting import final_state, result_of, result_of_async
+
+HERE = Path(__file__).parent
+TIMEOUT = 60
+
+
+@pytest.fixture
+def client_settings(prefect_server: PrefectServer):
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with temporary_settings(settings):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_task_server(prefect_server: PrefectServer):
+    """One task server for the tests that only need the tasks served."""
+    process = prefect_server.spawn(HERE / "waiting_task_server.py")
+    try:
+        wait_until_subscribed(prefect_server.api_url, process)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def served(client_settings, one_task_server):
+    pass
+
+
+def test_a_cached_run_is_seen_as_soon_as_it_ends(served):
+    from waiting_tasks import double
+
+    x = uuid.uuid4().int % 10**9
+    assert result_of(double.delay(x), timeout=TIMEOUT) == 2 * x
+    future = double.delay(x)
+    started = time.monotonic()
+    assert result_of(future, timeout=TIMEOUT) == 2 * x
+    # future.result(timeout=TIMEOUT) would return this value only after the whole timeout.
+    assert time.monotonic() - started < TIMEOUT
+    assert final_state(future, timeout=TIMEOUT).name == "Cached"
+
+
+def test_a_timed_out_run_raises_its_failure_as_soon_as_it_ends(served):
+    from waiting_tasks import too_slow
+
+    future = too_slow.delay()
+    started = time.monotonic()
+    with pytest.raises(FailedRun, match="exceeded timeout"):
+        result_of(future, timeout=TIMEOUT)
+    assert time.monotonic() - started < TIMEOUT
+    assert final_state(future, timeout=TIMEOUT).name == "TimedOut"
+
+
+def test_a_failed_run_raises_its_exception_or_returns_it(served):
+    from waiting_tasks import fails
+
+    future = fails.delay()
+    with pytest.raises(ValueError, match="no luck"):
+        result_of(future, timeout=TIMEOUT)
+    error = result_of(future, timeout=TIMEOUT, raise_on_failure=False)
+    assert isinstance(error, ValueError)
+
+
+def test_the_async_twin_returns_the_same(served):
+    from waiting_tasks import double
+
+    assert asyncio.run(result_of_async(double.delay(21), timeout=TIMEOUT)) == 42
+
+
+def test_a_run_nobody_serves_times_out_when_the_timeout_is_up(client_settings):
+    from prefect import task
+
+    @task(name=f"nobody-serves-{uuid.uuid4().hex[:8]}")
+    def unserved() -> None:
+        pass
+
+    future = unserved.delay()
+    with pytest.raises(TimeoutError, match=f"{future.task_run_id} did not end within 1 s"):
+        result_of(future, timeout=1)
+
+
+def test_the_no_state_moment_is_waited_out(
+    prefect_server: PrefectServer, client_settings, task_server
+):
+    """The server records a reported state in two writes, the run's pointer to its new state
+    and then the state row, and on SQLite they are not one transaction. A trigger makes the
+    second write fail for one run's Completed state, so the run reads as having no state:
+    future.result() raises at once, result_of keeps waiting until the server writes the
+    state on its next try. If Prefect ever makes the two writes one transaction, the run
+    reads Running instead and this test fails: then the workaround can go."""
+    from waiting_tasks import double
+
+    future = double.delay(uuid.uuid4().int % 10**9)  # no task server yet: it waits, Scheduled
+    run_id = str(future.task_run_id)
+    held_back = f"NEW.task_run_id = '{run_id}' AND NEW.type = 'COMPLETED'"
+    with prefect_server.states_held_back(held_back):
+        task_server(HERE / "waiting_task_server.py")
+        run = wait_for(
+            lambda: prefect_server.task_run(run_id),
+            lambda run: run["state_type"] == "COMPLETED",
+            timeout=TIMEOUT,
+        )
+        assert run["state"] is None and run["state_id"]
+        with pytest.raises(RuntimeError, match=f"Task run {run_id} has no state"):
+            future.result(timeout=TIMEOUT)
+    assert isinstance(result_of(future, timeout=TIMEOUT), int)
+    assert prefect_server.task_run(run_id)["state"]["name"] == "Completed"
