@@ -56,19 +56,10 @@ STATUS: dict[StateType, JobStatus] = {
 
 
 class Job(BaseModel):
-    id: UUID = Field(
-        description="The job's id: its Prefect task run id",
-        examples=["7cf49c6e-8db6-4af8-bb9f-7352c9f6dd00"],
-    )
+    id: UUID = Field(description="The job's id: its Prefect task run id")
     status: JobStatus
     result: DocumentScore | None = Field(None, description="Set once the job is completed")
-    error: str | None = Field(
-        None,
-        description="Why the job failed, or why a completed job has no result",
-        examples=[
-            "Task run encountered an exception ValueError: 'Notes' does not look like English text"
-        ],
-    )
+    error: str | None = Field(None, description="Why the job failed, or has no result")
 
 
 class Problem(BaseModel):
@@ -76,15 +67,21 @@ class Problem(BaseModel):
 
 
 def problem(description: str, **headers: str) -> dict:
-    """An error response for the OpenAPI docs."""
+    """An error response, as the OpenAPI docs show it."""
     documented = {name: {"description": text} for name, text in headers.items()}
     return {"model": Problem, "description": description, "headers": documented}
 
 
 UNAUTHORIZED = problem("Missing or wrong API key", **{"WWW-Authenticate": "Bearer"})
-UNAVAILABLE = problem(
-    "The job service cannot reach Prefect right now", **{"Retry-After": "Seconds to wait"}
-)
+UNAVAILABLE = problem("Prefect cannot be reached now", **{"Retry-After": "Seconds to wait"})
+POST_ANSWERS = {
+    202: {"headers": {"Location": {"description": "Where to poll the job"}}},
+    400: problem("The body cannot be read (FastAPI's answer to bytes that are not text)"),
+    401: UNAUTHORIZED,
+    409: problem("The Idempotency-Key was used with another document"),
+    503: UNAVAILABLE,
+}
+GET_ANSWERS = {401: UNAUTHORIZED, 404: problem("No such job"), 503: UNAVAILABLE}
 
 
 # --- clients and their keys -----------------------------------------------------------
@@ -93,15 +90,13 @@ UNAVAILABLE = problem(
 def load_api_keys() -> dict[str, bytes]:
     """JOBS_API_KEYS="client-a=<key>,client-b=<key>": one key per client, from your secret
     store. There is no default: without keys the app refuses to start."""
-    keys = {}
-    for pair in os.environ.get("JOBS_API_KEYS", "").split(","):
-        name, _, key = pair.strip().partition("=")
-        if name and len(key) < 16:
-            raise RuntimeError(f"JOBS_API_KEYS: the key of {name!r} is shorter than 16 characters")
-        if name:
-            keys[name] = key.encode()
+    pairs = [pair.strip().partition("=") for pair in os.environ.get("JOBS_API_KEYS", "").split(",")]
+    keys = {name: key.encode() for name, _, key in pairs if name}
     if not keys:
         raise RuntimeError("set JOBS_API_KEYS (client=key pairs): the app has no clients")
+    for name, key in keys.items():
+        if len(key) < 16:
+            raise RuntimeError(f"JOBS_API_KEYS: the key of {name!r} is shorter than 16 characters")
     return keys
 
 
@@ -122,6 +117,10 @@ def authenticate(
 
 # An endpoint's parameter of this type is the name of the client that calls it.
 Client = Annotated[str, Depends(authenticate)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(min_length=1, max_length=200, description="The same key on a retry: the same job"),
+]
 
 
 def owner_tag(client: str) -> str:
@@ -147,13 +146,13 @@ class Submissions:
     def connect(self) -> closing[sqlite3.Connection]:
         return closing(sqlite3.connect(self.path, timeout=10))
 
-    def claim(self, client: str, key: str, document: Document) -> UUID:
+    def claim(self, client: str, key: str | None, document: Document) -> UUID:
+        if key is None:
+            return uuid4()  # nothing to remember: a retry without a key is a new job
         body = hashlib.sha256(document.model_dump_json().encode()).hexdigest()
         with self.connect() as db, db:
-            db.execute(
-                "INSERT OR IGNORE INTO submissions VALUES (?, ?, ?, ?)",
-                (client, key, body, str(uuid4())),
-            )
+            row = (client, key, body, str(uuid4()))
+            db.execute("INSERT OR IGNORE INTO submissions VALUES (?, ?, ?, ?)", row)
             job_id, claimed = db.execute(
                 "SELECT job_id, body FROM submissions WHERE client = ? AND key = ?", (client, key)
             ).fetchone()
@@ -198,6 +197,52 @@ def prefect_or_503() -> Iterator[None]:
         ) from None
 
 
+# region submit
+async def submit(prefect: PrefectClient, job_id: UUID, document: Document, client: str) -> None:
+    with tags(JOB_TAG, owner_tag(client)):
+        try:
+            # What .delay() does, awaited on the app's one client, with an id of our choosing.
+            await score_document.create_run(
+                client=prefect, id=job_id, parameters={"document": document}, deferred=True
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise  # 409: a concurrent request with the same key created this run first
+
+
+@app.post("/jobs", status_code=202, responses=POST_ANSWERS)
+async def create_job(
+    document: Document,  # validated before this code runs: a bad body is a 422
+    request: Request,
+    response: Response,
+    client: Client,  # the caller's name, from its API key (or a 401)
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
+    prefect, submissions = request.app.state.prefect, request.app.state.submissions
+    # The job id this key got the first time, or a new one, recorded before we submit.
+    job_id = await run_in_threadpool(submissions.claim, client, idempotency_key, document)
+    with prefect_or_503():  # at most 5 s, then 503 + Retry-After
+        run = idempotency_key and await read_own_run(prefect, job_id, client)
+        if run:
+            job = await describe(prefect, run)  # a retry: the job as it is now
+        else:
+            await submit(prefect, job_id, document, client)
+            job = Job(id=job_id, status="queued")
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return job
+    # endregion submit
+
+
+# region read
+@app.get("/jobs/{job_id}", responses=GET_ANSWERS)
+async def read_job(job_id: UUID, request: Request, client: Client) -> Job:
+    with prefect_or_503():
+        run = await read_own_run(request.app.state.prefect, job_id, client)
+        if run is None:
+            raise HTTPException(status_code=404, detail="job not found")
+        return await describe(request.app.state.prefect, run)
+
+
 async def read_own_run(prefect: PrefectClient, job_id: UUID, client: str) -> TaskRun | None:
     try:
         run = await prefect.read_task_run(job_id)
@@ -207,72 +252,7 @@ async def read_own_run(prefect: PrefectClient, job_id: UUID, client: str) -> Tas
     if JOB_TAG not in run.tags or owner_tag(client) not in run.tags:
         return None
     return run
-
-
-async def submit(prefect: PrefectClient, job_id: UUID, document: Document, client: str) -> None:
-    with tags(JOB_TAG, owner_tag(client)):
-        try:
-            # .delay() without its per-call client and its minute of retries; the id is ours.
-            await score_document.create_run(
-                client=prefect, id=job_id, parameters={"document": document}, deferred=True
-            )
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code != 409:
-                raise  # 409: a concurrent request with the same key created this run first
-
-
-@app.post(
-    "/jobs",
-    status_code=202,
-    responses={
-        202: {"headers": {"Location": {"description": "Where to poll the job"}}},
-        400: problem("The body cannot be read (FastAPI's answer to bytes that are not text)"),
-        401: UNAUTHORIZED,
-        409: problem("The Idempotency-Key was used with another document"),
-        503: UNAVAILABLE,
-    },
-)
-async def create_job(
-    document: Document,
-    request: Request,
-    response: Response,
-    client: Client,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=200,
-            description="Send the same key when you retry: you get the same job, never two",
-        ),
-    ] = None,
-) -> Job:
-    prefect = request.app.state.prefect
-    if idempotency_key is None:
-        job_id = uuid4()
-    else:
-        submissions = request.app.state.submissions
-        job_id = await run_in_threadpool(submissions.claim, client, idempotency_key, document)
-    with prefect_or_503():
-        run = idempotency_key and await read_own_run(prefect, job_id, client)
-        if run:
-            job = await describe(prefect, run)  # a retry: the job as it is now
-        else:
-            await submit(prefect, job_id, document, client)
-            job = Job(id=job_id, status="queued")
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return job
-
-
-@app.get(
-    "/jobs/{job_id}",
-    responses={401: UNAUTHORIZED, 404: problem("No such job"), 503: UNAVAILABLE},
-)
-async def read_job(job_id: UUID, request: Request, client: Client) -> Job:
-    with prefect_or_503():
-        run = await read_own_run(request.app.state.prefect, job_id, client)
-        if run is None:
-            raise HTTPException(status_code=404, detail="job not found")
-        return await describe(request.app.state.prefect, run)
+    # endregion read
 
 
 async def describe(prefect: PrefectClient, run: TaskRun) -> Job:

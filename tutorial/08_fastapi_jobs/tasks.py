@@ -36,22 +36,27 @@ def syllables(word: str) -> int:
     return max(1, len(re.findall(r"[aeiouy]+", word.lower().removesuffix("e"))))
 
 
-@task(log_prints=True)
-def score_document(document: Document) -> dict:
-    time.sleep(2)  # stands in for a slow model
+def readability(document: Document) -> DocumentScore:
     words = re.findall(r"[A-Za-z']+", document.text)
     if not words or sum(w.lower() in COMMON_WORDS for w in words) / len(words) < 0.05:
         raise ValueError(f"{document.title!r} does not look like English text")
     sentences = max(1, len(re.findall(r"[.!?]+", document.text)))
     per_word = sum(syllables(w) for w in words) / len(words)
-    ease = 206.835 - 1.015 * len(words) / sentences - 84.6 * per_word
-    print(f"Scored {document.title!r}: {len(words)} words, reading ease {ease:.1f}")
-    score = DocumentScore(
+    return DocumentScore(
         title=document.title,
         words=len(words),
         sentences=sentences,
-        reading_ease=round(ease, 1),
+        reading_ease=round(206.835 - 1.015 * len(words) / sentences - 84.6 * per_word, 1),
         reading_time_seconds=round(len(words) / 4),  # about 240 words a minute
     )
+
+
+# region task
+@task(log_prints=True)
+def score_document(document: Document) -> dict:
+    time.sleep(2)  # stands in for a slow model
+    score = readability(document)  # ValueError for a text it cannot score: the job fails
+    print(f"Scored {score.title!r}: {score.words} words, reading ease {score.reading_ease}")
     # Plain data in result storage: any version of the app can read it back.
     return score.model_dump()
+    # endregion task
