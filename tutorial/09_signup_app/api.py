@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import StateType, TaskRun
 from pydantic import BaseModel, EmailStr, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -67,6 +67,16 @@ class NewUserView(UserView):
     token: str  # shown once: send it as "Authorization: Bearer <token>" to read the user
 
 
+SIGNUP_ANSWERS = {
+    400: {"description": "The body cannot be parsed"},
+    409: {"description": "Email already in use"},
+}
+READ_ANSWERS = {
+    404: {"description": "No such user, or not the token it was created with"},
+    503: {"description": "The job states cannot be read now; retry later"},
+}
+
+
 # How long a dispatcher owns a job it is queuing. Longer than .delay() can take (Prefect's
 # client tries a request up to 6 times, with a 60 s timeout each), so that no other
 # dispatcher queues the job meanwhile; if this one dies, its claim runs out and another
@@ -94,6 +104,7 @@ def claim_a_job() -> tuple[int, str, uuid.UUID] | None:
     return None
 
 
+# region outbox
 def queue_jobs(stopping: threading.Event) -> None:
     """Queue the jobs not queued yet, one at a time, recording each task run id."""
     while not stopping.is_set() and (job := claim_a_job()):
@@ -110,6 +121,7 @@ def queue_jobs(stopping: threading.Event) -> None:
             done = {"task_run_id": run_id, "claimed_until": None}
             session.execute(update(Job).where(Job.id == job_id).values(**done))
             session.commit()
+    # endregion outbox
 
 
 class Dispatcher:
@@ -179,14 +191,8 @@ async def page() -> FileResponse:
 
 # Plain `def`: FastAPI runs these in its threadpool, so the blocking database calls and
 # Prefect's client never block the event loop.
-@app.post(
-    "/users",
-    status_code=201,
-    responses={
-        400: {"description": "The body cannot be parsed"},
-        409: {"description": "Email already in use"},
-    },
-)
+# region sign_up
+@app.post("/users", status_code=201, responses=SIGNUP_ANSWERS)
 def sign_up(signup: Signup, response: Response) -> NewUserView:
     # Commit the user and its jobs first: a task must never look for a user not yet saved.
     user_id, email, token = uuid.uuid4(), signup.email.lower(), secrets.token_urlsafe(32)
@@ -202,15 +208,34 @@ def sign_up(signup: Signup, response: Response) -> NewUserView:
     response.headers["Location"] = f"/users/{user_id}"
     jobs = [JobView(kind=kind, status="not_queued") for kind in TASKS]
     return NewUserView(id=user_id, email=email, name=signup.name, jobs=jobs, token=token)
+    # endregion sign_up
 
 
-@app.get(
-    "/users/{user_id}",
-    responses={
-        404: {"description": "No such user, or not the token it was created with"},
-        503: {"description": "The job states cannot be read now; retry later"},
-    },
-)
+def read_runs(run_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskRun]:
+    """The task runs with these ids, or a 503 when the Prefect server cannot be reached."""
+    if not run_ids:
+        return {}
+    only_these = TaskRunFilter(id=TaskRunFilterId(any_=run_ids))
+    try:
+        with get_client(sync_client=True) as client:
+            return {run.id: run for run in client.read_task_runs(task_run_filter=only_these)}
+    except httpx.HTTPError:  # the Prefect server is down: say so, without the details
+        raise HTTPException(503, "job states unavailable", {"Retry-After": "5"}) from None
+
+
+def job_view(job: Job, run: TaskRun | None) -> JobView:
+    if run is None:
+        return JobView(kind=job.kind, status="not_queued")
+    # state_type, not state.type: on SQLite a run has no state for a moment while the
+    # server records a new one, but state_type already names the new one.
+    status = STATUS[run.state_type] if run.state_type else "queued"
+    if run.state_name == "AwaitingRetry":
+        status = "running"  # a retry happens in place, on the same task server
+    return JobView(kind=job.kind, status=status, attempts=run.run_count)
+
+
+# region read
+@app.get("/users/{user_id}", responses=READ_ANSWERS)
 def read_user(
     user_id: uuid.UUID,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -223,26 +248,7 @@ def read_user(
             raise HTTPException(404, "user not found")
         jobs = session.scalars(select(Job).where(Job.user_id == user_id).order_by(Job.id)).all()
     # Only this user's runs, by the ids we recorded: no way to read anyone else's.
-    run_ids = [job.task_run_id for job in jobs if job.task_run_id]
-    runs = {}
-    if run_ids:
-        only_ours = TaskRunFilter(id=TaskRunFilterId(any_=run_ids))
-        try:
-            with get_client(sync_client=True) as client:
-                found = client.read_task_runs(task_run_filter=only_ours)
-        except httpx.HTTPError:  # the Prefect server is down: say so, without the details
-            raise HTTPException(503, "job states unavailable", {"Retry-After": "5"}) from None
-        runs = {run.id: run for run in found}
-    views = []
-    for job in jobs:
-        run = runs.get(job.task_run_id)
-        if run is None:
-            views.append(JobView(kind=job.kind, status="not_queued"))
-        else:
-            # state_type, not state.type: on SQLite a run has no state for a moment while
-            # the server records a new one, but state_type already names the new one.
-            status = STATUS[run.state_type] if run.state_type else "queued"
-            if run.state_name == "AwaitingRetry":
-                status = "running"  # a retry happens in place, on the same task server
-            views.append(JobView(kind=job.kind, status=status, attempts=run.run_count))
+    runs = read_runs([job.task_run_id for job in jobs if job.task_run_id])
+    views = [job_view(job, runs.get(job.task_run_id)) for job in jobs]
     return UserView(id=user_id, email=user.email, name=user.name, jobs=views)
+    # endregion read

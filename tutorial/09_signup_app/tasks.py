@@ -21,6 +21,7 @@ def load_user(user_id: uuid.UUID) -> User:
         return session.get_one(User, user_id)
 
 
+# region email
 @task(retries=3, retry_delay_seconds=1, log_prints=True)
 def send_welcome_email(user_id: uuid.UUID) -> str:
     user = load_user(user_id)
@@ -35,6 +36,7 @@ def send_welcome_email(user_id: uuid.UUID) -> str:
     response.raise_for_status()  # a 5xx fails this attempt; Prefect retries it
     print(f"Welcome email to {user.email} accepted as message {response.json()['id']}")
     return response.json()["id"]
+    # endregion email
 
 
 @task(retries=3, retry_delay_seconds=1, log_prints=True)
