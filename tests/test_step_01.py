@@ -27,9 +27,7 @@ def test_delay_runs_on_the_task_server(prefect_server, task_server):
     submit = prefect_server.run_script(STEP / "submit.py")
 
     assert submit.code == 0, submit.output
-    assert re.search(
-        r"^foreground: welcome email sent to ada@example\.com \(took \d", submit.output, re.M
-    )
+    assert "foreground: welcome email sent to ada@example.com" in submit.output.splitlines()
     run_id = re.search(rf"^background: submitted task run ({UUID})$", submit.output, re.M).group(1)
     ui_url = prefect_server.api_url.removesuffix("/api")
     assert f"watch it in the UI: {ui_url}/runs/task-run/{run_id}" in submit.output
