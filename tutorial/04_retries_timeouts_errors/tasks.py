@@ -10,10 +10,8 @@ class AddressRejected(Exception):
 
 
 def retry_unless_rejected(task, task_run, state) -> bool:
-    # Prefect calls this after a failed attempt while retries remain; False ends the run
-    # Failed at once. The state holds the attempt's exception.
-    exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, AddressRejected)
+    # Called after a failed attempt while retries remain (the state holds its exception).
+    return not isinstance(state.result(raise_on_failure=False), AddressRejected)
 
 
 @task(
@@ -28,8 +26,7 @@ def send_receipt(address: str) -> str:
     print(f"attempt {attempt}: sending a receipt to {address}")
     if address.endswith(".invalid"):
         raise AddressRejected(f"550 no such mailbox: {address}")
-    if attempt < 3:
-        # Stands in for a mail server that drops the first two attempts.
+    if attempt < 3:  # stands in for a mail server that drops the first two attempts
         raise ConnectionError("mail server unreachable")
     return f"receipt sent to {address} on attempt {attempt}"
 
