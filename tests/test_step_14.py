@@ -1,4 +1,4 @@
-"""Step 14: the naive and the fast way to submit many runs; every run completes either way.
+"""Step 14: the naive and the fast way to submit runs; every run completes either way.
 
 Speed is never asserted here (the benchmarks measure it); the tests check that both ways
 submit every run, that every run completes with the right result, and the reason the fast
@@ -8,15 +8,12 @@ way is cheaper: it opens no new API client per run.
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 from harness import step_dir, step_tasks, wait_for
 
-from tutorial.runner import Process
-
 STEP = step_dir(14)
-RUNS = 20
+RUNS = 5  # submit.py submits add_one(0) to add_one(4) each way
 FINAL = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
 
 
@@ -41,25 +38,20 @@ def newest_run(prefect_server) -> dict:
     return runs[0]
 
 
-def test_both_ways_complete_every_run(prefect_server, task_server, started):
+def test_both_ways_complete_every_run(prefect_server, task_server, spawn):
     task_server(STEP / "task_server.py")
     before = count_runs(prefect_server)
 
-    # submit.py takes the number of runs as its argument.
-    argv = [sys.executable, str(STEP / "submit.py"), str(RUNS)]
-    started.append(submit := Process("submit", argv, env=prefect_server.env, echo=False))
+    submit = spawn(STEP / "submit.py")
     assert submit.wait(timeout=300) == 0, submit.output
-
-    for way in ("naive", "fast "):
-        line = re.search(
-            rf"^{way}: (\d+) runs submitted in .*, (\d+) completed with", submit.output, re.M
-        )
-        assert line, submit.output
-        assert line.groups() == (str(RUNS), str(RUNS)), line.group(0)
+    results = str(list(range(1, RUNS + 1)))
+    assert f"naive: {results}" in submit.output.splitlines(), submit.output
+    assert f"fast:  {results}" in submit.output.splitlines(), submit.output
+    # .delay() logs each run it creates; create_run logs none.
+    assert len(re.findall(r"Created task run 'add_one'", submit.output)) == RUNS
 
     # What the API holds: 2 x RUNS new runs, all Completed, none left waiting.
     assert count_runs(prefect_server) - before == 2 * RUNS
-    assert count_runs(prefect_server, FINAL) - before == 2 * RUNS
     assert count_runs(prefect_server, ["COMPLETED"]) - before == 2 * RUNS
 
     # The last run came from create_run: a background run like any other.
