@@ -245,9 +245,9 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
     to A; a run submitted through B waits until a task server connects to B."""
     stack, settings = running_stack
     module = load_stack(stack_dir)
-    other = module.Stack.__new__(module.Stack)  # the stack's settings, to start a second API
-    other.secrets = json.loads((stack_dir / "secrets.json").read_text())
-    other.ports = {
+    # The stack's secrets and ports, to start a second API process with its settings.
+    secrets = json.loads((stack_dir / "secrets.json").read_text())
+    ports = {
         name: int(re.search(rf"^stack: {label} ready on 127.0.0.1:(\d+)$", stack.output, re.M)[1])
         for name, label in (("postgres", "PostgreSQL"), ("redis", "Redis"))
     }
@@ -255,7 +255,7 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
     api_a, api_b = settings["PREFECT_API_URL"], f"http://127.0.0.1:{port}/api"
     env = clean_env(
         **{
-            **other.server_env(),
+            **module.server_env(secrets, ports),
             "PREFECT_HOME": str(stack_dir / "homes" / "server-b"),
             "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
             "PREFECT_SERVER_UI_ENABLED": "false",
@@ -265,8 +265,8 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
     argv = [python, "-m", "prefect", "server", "start", "--no-services", "--port", str(port)]
     server_b = Process("server-b", argv, env=env, echo=False)
     clients = clean_env(**{k: v for k, v in settings.items() if k.startswith("PREFECT_")})
-    clients["PREFECT_API_AUTH_STRING"] = other.secrets["auth_string"]
-    auth = tuple(other.secrets["auth_string"].split(":", 1))
+    clients["PREFECT_API_AUTH_STRING"] = secrets["auth_string"]
+    auth = tuple(secrets["auth_string"].split(":", 1))
     try:
         wait_until_answering(f"{api_b}/health", server_b, timeout=180)
 
@@ -456,13 +456,12 @@ def test_compose_runs_the_same_services_with_the_same_settings(tmp_path):
     compose = yaml.safe_load((STEP / "compose.yaml").read_text())
     services = compose["services"]
     assert {"postgres", "redis", "prefect-server", "task-server", "app", "recover"} <= set(services)
-    module = load_stack(tmp_path)
-    stack = module.Stack.__new__(module.Stack)  # its settings, without starting anything
-    stack.secrets = {"auth_string": "a:b", "postgres_password": "p", "redis_password": "r"}
-    stack.ports = {"postgres": 1, "redis": 2, "prefect": 3, "app": 4}
-    server_settings = set(stack.server_env()) - {"PREFECT_HOME"}
+    module = load_stack(tmp_path)  # its settings, without starting anything
+    secrets = {"auth_string": "a:b", "postgres_password": "p", "redis_password": "r"}
+    ports = {"postgres": 1, "redis": 2, "prefect": 3, "app": 4}
+    server_settings = set(module.server_env(secrets, ports)) - {"PREFECT_HOME"}
     assert server_settings <= set(services["prefect-server"]["environment"])
-    client_settings = set(stack.client_env("x")) - {"PREFECT_HOME", "API_URL"}
+    client_settings = set(module.client_env(secrets, ports, "x")) - {"PREFECT_HOME", "API_URL"}
     for name in ("task-server", "app", "recover"):
         assert client_settings <= set(services[name]["environment"]), name
     assert "tutorial/12_production/task_server.py" in " ".join(services["task-server"]["command"])

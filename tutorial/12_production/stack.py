@@ -94,6 +94,40 @@ def answers(url: str, headers: dict | None = None, method: str = "GET") -> bool:
         return False
 
 
+# region server-settings
+def server_env(secrets: dict[str, str], ports: dict[str, int]) -> dict[str, str]:
+    """The Prefect server only: its database, Redis, and the auth string it checks."""
+    s, p = secrets, ports
+    redis = f"redis://:{s['redis_password']}@127.0.0.1:{p['redis']}"
+    return {
+        "PREFECT_HOME": str(STATE / "homes" / "prefect-server"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://prefect:"
+        f"{s['postgres_password']}@127.0.0.1:{p['postgres']}/prefect",
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1",
+        "PREFECT_REDIS_MESSAGING_PORT": str(p["redis"]),
+        "PREFECT_REDIS_MESSAGING_PASSWORD": s["redis_password"],
+        "PREFECT_SERVER_DOCKET_URL": f"{redis}/1",
+        "PREFECT_SERVER_API_AUTH_STRING": s["auth_string"],
+    }
+    # endregion server-settings
+
+
+def client_env(secrets: dict[str, str], ports: dict[str, int], name: str) -> dict[str, str]:
+    """Task servers, the app, the reconciler and any command: no database, no Redis."""
+    return {
+        "PREFECT_HOME": str(STATE / "homes" / name),  # each process a home of its own
+        "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
+        "PREFECT_API_AUTH_STRING": secrets["auth_string"],
+        # Parameters and results: one storage that every client shares.
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(STATE / "storage"),
+        "API_URL": f"http://127.0.0.1:{ports['app']}",
+    }
+
+
 class Stack:
     def __init__(self) -> None:
         self.secrets = load_secrets()
@@ -103,36 +137,8 @@ class Stack:
         self.postgres_running = False
         self.api_key = secrets.token_urlsafe(24)  # the app's one client (JOBS_API_KEY), per start
 
-    # --- the settings every process gets -------------------------------------------------
-
-    def server_env(self) -> dict[str, str]:
-        s, p = self.secrets, self.ports
-        redis = f"redis://:{s['redis_password']}@127.0.0.1:{p['redis']}"
-        return {
-            "PREFECT_HOME": str(STATE / "homes" / "prefect-server"),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://prefect:"
-            f"{s['postgres_password']}@127.0.0.1:{p['postgres']}/prefect",
-            "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
-            "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
-            "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
-            "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1",
-            "PREFECT_REDIS_MESSAGING_PORT": str(p["redis"]),
-            "PREFECT_REDIS_MESSAGING_PASSWORD": s["redis_password"],
-            "PREFECT_SERVER_DOCKET_URL": f"{redis}/1",
-            "PREFECT_SERVER_API_AUTH_STRING": s["auth_string"],
-        }
-
     def client_env(self, name: str) -> dict[str, str]:
-        """Task servers, the app, the reconciler and any command: no database, no Redis."""
-        return {
-            "PREFECT_HOME": str(STATE / "homes" / name),  # each process a home of its own
-            "PREFECT_API_URL": f"http://127.0.0.1:{self.ports['prefect']}/api",
-            "PREFECT_API_AUTH_STRING": self.secrets["auth_string"],
-            # Parameters and results: one storage that every client shares.
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(STATE / "storage"),
-            "API_URL": f"http://127.0.0.1:{self.ports['app']}",
-        }
+        return client_env(self.secrets, self.ports, name)
 
     # --- starting and stopping ---------------------------------------------------------
 
@@ -213,7 +219,9 @@ class Stack:
         api = self.client_env("stack")["PREFECT_API_URL"]
         argv = [str(server_python), "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
         server = self.start(
-            "prefect-server", [*argv, "--port", str(self.ports["prefect"])], self.server_env()
+            "prefect-server",
+            [*argv, "--port", str(self.ports["prefect"])],
+            server_env(self.secrets, self.ports),
         )
         wait_for("the Prefect server", lambda: answers(f"{api}/health"), server)
         print(f"stack: Prefect server ready at {api}", flush=True)

@@ -1,11 +1,6 @@
-"""The task code of this deployment: step 08's tasks.py, loaded as it is, never copied.
-
-The app (step 08's api.py) and every task server must run the very same code: a task's key
-is a hash of its function's code, and a task server receives only the runs of the keys it
-serves. In your own repo this is simply the module that both import; here this file stands
-in for it by loading step 08's file under the name the app imports it by, `tasks` (the
-task's parameters are pickled with that module name, too).
-"""
+"""Step 08's tasks.py, loaded as it is, never copied: the app and every task server must run
+the very same code. In your own repo this is simply the module both import; here this file
+loads step 08's under the name the app imports it by, `tasks`."""
 
 import importlib.util
 import sys
