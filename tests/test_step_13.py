@@ -119,7 +119,6 @@ def test_the_same_job_three_ways_and_as_a_flow(
     assert len(set(expected)) == 8  # eight different thumbnails
     for name, submit in submitters.items():
         assert RESULT_LINE.findall(submit.output) == expected, f"{name}:\n{submit.output}"
-        assert re.search(rf"^{name}: 8 submitted, submit p50 \d+\.\d\d ms$", submit.output, re.M)
 
     # Each version retried every job once: the workers' own logs say so.
     wait_for_lines(celery, r"make_thumbnail\[.*\] retry: Retry in \d+s: ConnectionError", 8)

@@ -1,6 +1,7 @@
 from prefect import flow, task
 
-from submit import retry_no_state
+from tutorial.waiting import result_of  # future.result() without its two Prefect 3.9 gaps (step 02)
+
 from tasks import make_thumbnail
 from thumbnails import sample_upload
 
@@ -17,7 +18,7 @@ def album(count: int) -> str:
         make_thumbnail.delay(f"photo-{n}.pgm", sample_upload(seed=n)) for n in range(1, count + 1)
     ]
     # A chord: once they are all done, one more task gets every result.
-    return contact_sheet([retry_no_state(future.result, timeout=60) for future in futures])
+    return contact_sheet([result_of(future, timeout=60) for future in futures])
 
 
 if __name__ == "__main__":

@@ -1,23 +1,8 @@
-import statistics
-import time
-
 from celery_app import make_thumbnail
-from thumbnails import sample_upload
+from thumbnails import describe, sample_upload
 
 if __name__ == "__main__":
     uploads = {f"photo-{n}.pgm": sample_upload(seed=n) for n in range(1, 9)}
-
-    submitted, latencies = [], []
-    for name, upload_b64 in uploads.items():
-        started = time.perf_counter()
-        submitted.append(make_thumbnail.delay(name, upload_b64))
-        latencies.append(time.perf_counter() - started)
-
-    for job in submitted:
-        thumbnail = job.get(timeout=60)  # bound the wait, as always
-        print(
-            f"{thumbnail['name']}: {thumbnail['size']}, sha256 {thumbnail['sha256'][:16]},"
-            f" {thumbnail['stored_at']}, attempt {thumbnail['attempt']}"
-        )
-    p50 = statistics.median(latencies) * 1000
-    print(f"celery: {len(submitted)} submitted, submit p50 {p50:.2f} ms")
+    jobs = [make_thumbnail.delay(name, upload_b64) for name, upload_b64 in uploads.items()]
+    for job in jobs:
+        print(describe(job.get(timeout=60)))  # bound the wait, as always

@@ -51,3 +51,12 @@ def create_thumbnail(name: str, upload_b64: str, attempt: int) -> dict:
         "stored_at": store(name, thumbnail, attempt),
         "attempt": attempt,
     }
+
+
+def describe(thumbnail: dict) -> str:
+    """One line per thumbnail, the same from every version."""
+    t = thumbnail
+    return (
+        f"{t['name']}: {t['size']}, sha256 {t['sha256'][:16]}, {t['stored_at']},"
+        f" attempt {t['attempt']}"
+    )
