@@ -4,6 +4,7 @@ submit.py's summary is checked against what the Prefect API says about the same 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,12 +21,12 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import UUID, PrefectServer, load_module, step_dir, wait_for
+from harness import UUID, PrefectServer, step_dir, wait_for
 
 from tutorial.runner import ROOT, Process, free_port, wait_until_subscribed
 
 STEP = step_dir(10)
-RUNS = 20  # submit.py's FILE_IDS
+RUNS = 20  # submit.py's batch: file ids 1 to 20
 FAILED_FILES = {9, 19}  # ids ending in 9 fail on every attempt
 FLAKY_FILES = {4, 14}  # ids ending in 4 fail once, then succeed
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -32,6 +34,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 # A version of import_file whose runs time out: another task key, so its own task server.
 TIMING_OUT = """import asyncio
+import sys
 
 from prefect import task
 from prefect.task_worker import serve
@@ -44,7 +47,21 @@ async def import_file(file_id: int) -> str:
 
 
 if __name__ == "__main__":
-    serve(import_file)
+    if sys.argv[1:] == ["submit"]:
+        print(f"submitted {import_file.delay(1).task_run_id}", flush=True)
+    else:
+        serve(import_file)
+"""
+
+
+# Why task_server.py calls aserve in its own event loop instead of serve().
+SERVE_WITH_STATUS = """import sys
+
+sys.path.insert(0, {step!r})
+from prefect.task_worker import serve
+from tasks import import_file
+
+serve(import_file, status_server_port={port})
 """
 
 
@@ -56,7 +73,8 @@ class Batch:
     task_server: Process
     events: Process
     watcher: Process
-    timing_out: Path  # TIMING_OUT's file, which a task server of its own serves
+    timing_out: Process  # submits one run of TIMING_OUT, which a task server of its own serves
+    crashing: Process  # serve() with a status port, which crashes at start-up
     tag: str
     runs: list[dict[str, Any]]  # the batch's task runs, read back from the API by tag
     histories: dict[str, list[dict[str, Any]]]  # run id -> states, oldest first
@@ -101,12 +119,6 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def queue_wait(history: list[dict[str, Any]]) -> float:
-    scheduled = next(parse_time(s["timestamp"]) for s in history if s["name"] == "Scheduled")
-    running = min(parse_time(s["timestamp"]) for s in history if s["name"] == "Running")
-    return (running - scheduled).total_seconds()
-
-
 def logs(server: PrefectServer, run_id: str, *expected: str) -> list[dict[str, Any]]:
     """The run's logs in the API, once they hold every `expected` text (logs are sent to the
     API in batches, every couple of seconds)."""
@@ -126,8 +138,11 @@ def batch(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Batch]:
     port = free_port()
-    timing_out = tmp_path_factory.mktemp("step10") / "timing_out.py"
+    scripts = tmp_path_factory.mktemp("step10")
+    timing_out = scripts / "timing_out.py"
     timing_out.write_text(TIMING_OUT)
+    serve_with_status = scripts / "serve_with_status.py"
+    serve_with_status.write_text(SERVE_WITH_STATUS.format(step=str(STEP), port=free_port()))
     processes: list[Process] = []
     try:
         task_server = prefect_server.spawn(
@@ -146,6 +161,13 @@ def batch(
         processes.append(watcher)
         timing_out_server = prefect_server.spawn(timing_out)
         processes.append(timing_out_server)
+        # Started now, to overlap the batch; their tests read them later. The run waits in
+        # the server's queue until its task server subscribes.
+        argv = [sys.executable, str(timing_out), "submit"]
+        timing_out_submitter = Process("submit", argv, env=prefect_server.env, echo=False)
+        processes.append(timing_out_submitter)
+        crashing = prefect_server.spawn(serve_with_status)
+        processes.append(crashing)
         task_server.wait_for_line(rf"^status endpoint: http://127\.0\.0\.1:{port}/status$", 60)
         wait_until_subscribed(prefect_server.api_url, task_server)
         wait_until_subscribed(prefect_server.api_url, timing_out_server)
@@ -162,6 +184,10 @@ def batch(
                 assert time.monotonic() < deadline, "the status endpoint never answered"
                 time.sleep(0.2)
 
+        # Its run is older than the batch: `prefect task-run ls` must list the batch's alone.
+        assert timing_out_submitter.wait(timeout=120) == 0, timing_out_submitter.output
+        # It serves import_file until it crashes: it must not take a run of the batch.
+        crashing.wait(timeout=120)
         submit = prefect_server.spawn(STEP / "submit.py")
         processes.append(submit)
         busy = []
@@ -199,7 +225,8 @@ def batch(
             task_server,
             events,
             watcher,
-            timing_out,
+            timing_out_submitter,
+            crashing,
             tag.group(1),
             runs,
             histories,
@@ -208,66 +235,62 @@ def batch(
             idle,
         )
     finally:
-        for process in reversed(processes):
-            # Ctrl+C stops the task server at once; SIGTERM would leave it hanging (the lesson
-            # says why), and stop() would wait its whole grace period before killing it.
-            process.stop(grace=10, sig=signal.SIGINT)
+        # Ctrl+C stops the task server at once; SIGTERM would leave it hanging (NOTES.md says
+        # why), and stop() would wait its whole grace period before killing it. Each process
+        # takes a second or two to stop: all at once, not one after the other.
+        with ThreadPoolExecutor(len(processes) or 1) as pool:
+            list(pool.map(lambda process: process.stop(grace=10, sig=signal.SIGINT), processes))
 
 
-def summary(batch: Batch) -> tuple[dict[str, int], float, float]:
-    counts = re.search(
-        r"^summary: (?P<runs>\d+) runs: (?P<completed>\d+) completed, (?P<failed>\d+) failed,"
-        r" (?P<retried>\d+) retried, (?P<unfinished>\d+) unfinished$",
-        batch.submit.output,
-        re.M,
-    )
-    waits = re.search(
-        r"^queue wait \(Scheduled to first Running\): p50 ([\d.]+) s, max ([\d.]+) s$",
-        batch.submit.output,
-        re.M,
-    )
-    assert counts and waits, batch.submit.output
-    return {k: int(v) for k, v in counts.groupdict().items()}, float(waits[1]), float(waits[2])
+def summary(batch: Batch) -> tuple[dict[str, int], int, float, float]:
+    """(count of each final state, runs retried, p50 and max queue wait) as submit.py says."""
+    line = re.search(r"^summary: (\d+) runs: (.+), (\d+) retried$", batch.submit.output, re.M)
+    waits = re.search(r"^queue wait: p50 ([\d.]+) s, max ([\d.]+) s$", batch.submit.output, re.M)
+    assert line and waits, batch.submit.output
+    counts = {name: int(n) for n, name in re.findall(r"(\d+) (\w+)", line[2])}
+    assert sum(counts.values()) == int(line[1])
+    return counts, int(line[3]), float(waits[1]), float(waits[2])
+
+
+def queue_wait(run: dict[str, Any]) -> float:
+    """From .delay() to the first Running, read from the API."""
+    return (parse_time(run["start_time"]) - parse_time(run["expected_start_time"])).total_seconds()
 
 
 def test_the_summary_matches_the_api(batch):
-    counts, p50, longest = summary(batch)
+    counts, retried, p50, longest = summary(batch)
     names = {run_id: [s["name"] for s in states] for run_id, states in batch.histories.items()}
-    final = [run["state"]["type"] for run in batch.runs]
-    assert counts == {
-        "runs": len(batch.runs),
-        "completed": final.count("COMPLETED"),
-        "failed": final.count("FAILED"),
-        "retried": sum("Retrying" in history for history in names.values()),
-        "unfinished": 0,
-    }
-    # The mix submit.py promises: ids ending in 9 fail for good, ids ending in 4 once.
-    assert counts == {"runs": RUNS, "completed": 18, "failed": 2, "retried": 4, "unfinished": 0}
+    final = [run["state"]["name"] for run in batch.runs]
+    assert counts == {name: final.count(name) for name in set(final)}
+    assert retried == sum("Retrying" in history for history in names.values())
+    # The mix tasks.py promises: ids ending in 9 fail for good, ids ending in 4 once.
+    assert counts == {"Completed": 18, "Failed": 2} and retried == 4
     for run in batch.runs:
         assert run["flow_run_id"] is None  # background runs belong to no flow run
         # One attempt per Running or Retrying state.
         assert run["run_count"] == sum(n in ("Running", "Retrying") for n in names[run["id"]])
 
-    waits = [queue_wait(history) for history in batch.histories.values()]
+    waits = [queue_wait(run) for run in batch.runs]
     assert p50 == pytest.approx(statistics.median(waits), abs=0.006)
     assert longest == pytest.approx(max(waits), abs=0.006)
 
 
-def test_submit_prints_only_its_summary_when_not_in_a_terminal(batch):
-    # Prefect's own log lines ("12:00:00.000 | INFO | ...") aside, the live table is never
-    # printed when stdout is a pipe: only the lines a log should keep.
+def test_submit_prints_the_count_of_each_state_as_it_changes(batch):
+    # Prefect's own log lines ("12:00:00.000 | INFO | ...") aside.
     own = [
         line
         for line in batch.submit.output.splitlines()
         if line and not re.match(r"^\d\d:\d\d:\d\d\.\d+ \| ", line)
     ]
-    assert [line.split(":")[0] for line in own] == [
-        f"submitted {RUNS} runs of import_file, tagged {batch.tag}",
-        "summary",
-        "queue wait (Scheduled to first Running)",
-    ], batch.submit.output
-    assert "import_file runs" not in batch.submit.output
-    assert "\u2501" not in batch.submit.output  # no table borders
+    assert own[0] == f"submitted {RUNS} runs of import_file, tagged {batch.tag}"
+    assert own[-2].startswith("summary: ") and own[-1].startswith("queue wait: ")
+    progress = own[1:-2]
+    assert progress[-1] == "18 Completed, 2 Failed", own
+    for line in progress:
+        assert re.fullmatch(r"\d+ \w+(, \d+ \w+)*", line), line
+        assert sum(int(n) for n in re.findall(r"\d+", line)) == RUNS
+    # A line only when the counts change.
+    assert all(a != b for a, b in itertools.pairwise(progress)), progress
 
 
 def test_the_status_endpoint_shows_runs_in_flight_then_finished(batch, prefect_server):
@@ -369,30 +392,17 @@ def test_watch_failures_prints_each_failed_run_of_the_batch(batch):
     assert seen == set(failed)
 
 
-def test_serve_with_a_status_port_crashes_in_prefect_3_9_1(prefect_server, spawn, tmp_path):
+def test_serve_with_a_status_port_crashes_in_prefect_3_9_1(batch):
     """Why task_server.py calls aserve in its own event loop instead of serve()."""
-    script = tmp_path / "serve_with_status.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(STEP)!r})\n"
-        "from prefect.task_worker import serve\n"
-        "from tasks import import_file\n"
-        f"serve(import_file, status_server_port={free_port()})\n"
-    )
-    process = spawn(script)
-    assert process.wait(timeout=120) != 0
-    assert "Cannot call `APILogWorker.flush` from the global event loop" in process.output
+    assert batch.crashing.wait(timeout=120) != 0
+    assert "Cannot call `APILogWorker.flush` from the global event loop" in batch.crashing.output
 
 
 def test_watch_failures_also_sees_runs_that_time_out(batch, prefect_server):
     """A timed-out run's event is prefect.task-run.TimedOut, not .Failed: the watcher filters
     on the state's type, FAILED, and so sees it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    module = load_module(batch.timing_out)
-    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
-    with temporary_settings(settings):
-        run_id = str(module.import_file.delay(1).task_run_id)
+    assert batch.timing_out.wait(timeout=120) == 0, batch.timing_out.output
+    run_id = batch.timing_out.wait_for_line(rf"^submitted ({UUID})$", timeout=10).group(1)
 
     batch.watcher.wait_for_line(
         rf"prefect\.task-run\.{run_id} TimedOut \[\]: Task run exceeded timeout of 1\.0 second",

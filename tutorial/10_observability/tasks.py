@@ -9,7 +9,6 @@ def import_file(file_id: int) -> str:
     attempt = task_run.run_count  # 1 for the first attempt, 2 for the first retry, ...
     print(f"attempt {attempt}: importing file {file_id}")
     time.sleep(0.5 + (file_id % 3) * 0.5)  # stands in for parsing and saving the rows
-    # The outcome depends on the file id only, so every run of submit.py ends the same way.
     if file_id % 10 == 9:
         raise ValueError(f"file {file_id} is corrupt")  # every attempt fails
     if file_id % 10 == 4 and attempt == 1:
