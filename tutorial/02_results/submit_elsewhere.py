@@ -1,11 +1,11 @@
-import sys
 import tempfile
 
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
-from submit import retry_no_state
-from tasks import add
+from tutorial.waiting import result_of  # future.result() without its two Prefect 3.9 gaps (step 02)
+
+from tasks import charge_card
 
 if __name__ == "__main__":
     # A folder the task server cannot see, like the disk of another machine.
@@ -13,13 +13,11 @@ if __name__ == "__main__":
         tempfile.TemporaryDirectory(prefix="another-machine-") as elsewhere,
         temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: elsewhere}),
     ):
-        future = add.delay(2, 3)
+        future = charge_card.delay(8, "4242-4242")
         print(f"submitted task run {future.task_run_id}")
         print(f"  its parameters went to {elsewhere}/parameters/")
         try:
-            value = retry_no_state(future.result, timeout=15)
+            print(f"charge_card returned {result_of(future, timeout=15)!r}")
         except (ObjectNotFound, TimeoutError) as exc:
-            print(f"result() raised {type(exc).__name__}: the run never ran")
+            print(f"result_of raised {type(exc).__name__}: the run never ran")
             print(f"  future.state now reads {future.state.name}")
-        else:
-            sys.exit(f"the run completed ({value!r}): this storage is shared after all")

@@ -1,6 +1,6 @@
 from prefect.task_worker import serve
 
-from tasks import add, build_invoice, charge_card
+from tasks import build_invoice, charge_card
 
 if __name__ == "__main__":
-    serve(add, build_invoice, charge_card)
+    serve(build_invoice, charge_card)

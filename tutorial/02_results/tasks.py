@@ -11,11 +11,6 @@ class Invoice(BaseModel):
 
 
 @task
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-@task
 def build_invoice(order_id: int, prices_cents: list[int]) -> Invoice:
     time.sleep(2)  # stands in for a slow PDF renderer
     return Invoice(order_id=order_id, total_cents=sum(prices_cents))
