@@ -25,7 +25,7 @@ from harness import UUID, clean_env, load_module, step_dir, wait_for
 from tutorial.runner import ROOT, Process, free_port, wait_until_answering
 
 STEP = step_dir(12)
-JOBS = 12
+JOBS = 6  # enough that both task servers take some
 
 
 def load_stack(state: Path):
@@ -124,11 +124,11 @@ def test_one_command_runs_jobs_through_the_app_on_two_task_servers(private_repo)
     stack_dir = repo / ".prefect" / "production"
 
     assert "[stack] stack: 2 task servers subscribed" in out
-    assert any(
-        re.fullmatch(rf"\[stack\] submitted {JOBS} jobs through http://\S+ in [\d.]+ s", x)
-        for x in out
-    )
-    assert any(re.fullmatch(rf"\[stack\] {JOBS} of {JOBS} jobs completed after .*", x) for x in out)
+    # submit.py prints each job as it ends: every one completed, with its score.
+    jobs = [x for x in out if re.fullmatch(rf"\[stack\] /jobs/{UUID}: \w+ .*", x)]
+    assert len(jobs) == JOBS, runner.output
+    completed = r".*: completed \{'title': 'Document \d', 'words': 15, .*"
+    assert all(re.fullmatch(completed, x) for x in jobs), jobs
     assert "[stack] without the auth string: 401 {'exception_message': 'Unauthorized'}" in out
     assert "Step 12 done. Its services are stopped; their logs: .prefect/production/logs" in out
     # The runner started no Prefect server of its own: the stack brought one.
@@ -174,23 +174,26 @@ def test_clients_need_the_auth_string(running_stack, stack_dir):
     _, settings = running_stack
     api = settings["PREFECT_API_URL"]
     auth_string = json.loads((stack_dir / "secrets.json").read_text())["auth_string"]
-    # The stack prints where the secret is, not the secret.
-    assert settings["PREFECT_API_AUTH_STRING"] == f"(the auth_string in {stack_dir}/secrets.json)"
-
-    # The health check stays open (for load balancers); everything else needs the auth string.
-    assert httpx.get(f"{api}/health").status_code == 200
-    anonymous = httpx.post(f"{api}/task_runs/filter", json={})
-    assert anonymous.status_code == 401
-    assert anonymous.json() == {"exception_message": "Unauthorized"}
-    wrong = httpx.post(f"{api}/task_runs/filter", json={}, auth=("prefect", "guess"))
-    assert wrong.status_code == 401
-    user, password = auth_string.split(":", 1)
-    assert httpx.post(f"{api}/task_runs/filter", json={}, auth=(user, password)).is_success
-
-    # A task server without it cannot subscribe, and says why.
+    # A task server without the auth string, started first: it takes a while to import Prefect.
     env = clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(stack_dir / "homes" / "anonymous"))
     task_server = Process("anonymous", [sys.executable, str(STEP / "task_server.py")], env=env)
     try:
+        # The stack prints where the secret is, not the secret.
+        secret = f"(the auth_string in {stack_dir}/secrets.json)"
+        assert settings["PREFECT_API_AUTH_STRING"] == secret
+
+        # The health check stays open (for load balancers); everything else needs the auth
+        # string.
+        assert httpx.get(f"{api}/health").status_code == 200
+        anonymous = httpx.post(f"{api}/task_runs/filter", json={})
+        assert anonymous.status_code == 401
+        assert anonymous.json() == {"exception_message": "Unauthorized"}
+        wrong = httpx.post(f"{api}/task_runs/filter", json={}, auth=("prefect", "guess"))
+        assert wrong.status_code == 401
+        user, password = auth_string.split(":", 1)
+        assert httpx.post(f"{api}/task_runs/filter", json={}, auth=(user, password)).is_success
+
+        # The task server without it cannot subscribe, and says why.
         assert task_server.wait(timeout=120) == 1
     finally:
         task_server.stop()
@@ -228,19 +231,39 @@ def test_parameters_and_results_live_in_the_shared_storage(running_stack, stack_
     assert not any((homes / name / "storage").exists() for name in ("app", "task-server-1"))
 
 
+# Test helpers started early, to import Prefect while other processes start, and held at
+# a gate (a file the test creates) until their moment comes.
+AT_THE_GATE = """
+import os, time
+while not os.path.exists(os.environ["GATE"]):
+    time.sleep(0.1)
+"""
+
 SUBMIT = """
 import sys
 from prefect.settings import PREFECT_API_URL, temporary_settings
 sys.path.insert(0, "tutorial/12_production")
 from tasks import Document, score_document
+exec(sys.argv.pop(1))  # at the gate
 for api in sys.argv[1:]:
     with temporary_settings({PREFECT_API_URL: api}):
         run = score_document.delay(Document(title="Notes", text="It is on the mat."))
     print(run.task_run_id)
 """
 
+# The step's task_server.py, run once the gate opens.
+TASK_SERVER_AFTER_GATE = """
+import runpy, sys
+import prefect.task_worker
+exec(sys.argv[2])  # at the gate
+sys.path.insert(0, "tutorial/12_production")
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
 
-def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack, stack_dir):
+
+def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(
+    running_stack, stack_dir, tmp_path
+):
     """Two Prefect API processes on the same PostgreSQL and Redis: the task servers listen
     to A; a run submitted through B waits until a task server connects to B."""
     stack, settings = running_stack
@@ -267,13 +290,19 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
     clients = clean_env(**{k: v for k, v in settings.items() if k.startswith("PREFECT_")})
     clients["PREFECT_API_AUTH_STRING"] = secrets["auth_string"]
     auth = tuple(secrets["auth_string"].split(":", 1))
+    # Server B, the submitter and B's task server start together; the last two wait at
+    # their gates until B answers and until B's run is shown to wait, respectively.
+    submit_gate, serve_gate = tmp_path / "submit", tmp_path / "serve"
+    argv = [sys.executable, "-c", SUBMIT, AT_THE_GATE, api_b, api_a]
+    submit = Process("submit", argv, env={**clients, "GATE": str(submit_gate)}, echo=False)
+    env_b = {**clients, "PREFECT_API_URL": api_b, "GATE": str(serve_gate)}
+    argv = [sys.executable, "-c", TASK_SERVER_AFTER_GATE, str(STEP / "task_server.py")]
+    task_server_b = Process("task-server-b", [*argv, AT_THE_GATE], env=env_b, echo=False)
     try:
         wait_until_answering(f"{api_b}/health", server_b, timeout=180)
 
         # One run through B, then one through A.
-        submit = Process(
-            "submit", [sys.executable, "-c", SUBMIT, api_b, api_a], env=clients, echo=False
-        )
+        submit_gate.touch()
         assert submit.wait(timeout=120) == 0, submit.output
         via_b, via_a = re.findall(rf"^({UUID})$", submit.output, re.M)
 
@@ -288,21 +317,17 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(running_stack
         assert state(via_b) == "Scheduled"
         assert (task_servers(api_a), task_servers(api_b)) == (2, 0)
 
-        env_b = {**clients, "PREFECT_API_URL": api_b}
-        task_server_b = Process(
-            "task-server-b", [sys.executable, str(STEP / "task_server.py")], env=env_b, echo=False
-        )
+        # A task server connected to B runs it.
+        serve_gate.touch()
 
         def state_of_b_while_serving() -> str:
             assert task_server_b.running(), task_server_b.output
             return state(via_b)
 
-        try:
-            wait_for(state_of_b_while_serving, lambda name: name == "Completed", timeout=120)
-        finally:
-            task_server_b.stop()
+        wait_for(state_of_b_while_serving, lambda name: name == "Completed", timeout=120)
     finally:
-        server_b.stop()
+        for process in (task_server_b, submit, server_b):
+            process.stop()
 
 
 PROBE = """
@@ -326,7 +351,7 @@ serve(settings_seen)
 # settings that do not; the lesson's way, a client made by hand in a process whose Prefect
 # settings hold no API setting at all.
 SUBMIT_PROBE = """
-import asyncio, os, sys
+import asyncio, os, sys, time
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 from probe import settings_seen
@@ -338,6 +363,9 @@ async def create_run(client):
 
 
 way = sys.argv[1]
+gate = os.environ.get("GATE")  # wait there, if given one: see AT_THE_GATE
+while gate and not os.path.exists(gate):
+    time.sleep(0.1)
 if way == "delay":
     print(settings_seen.delay(1).task_run_id)
 elif way == "settings without the auth string":
@@ -370,18 +398,22 @@ def test_parameters_files_hold_the_submitters_settings_and_its_auth_string(
         PYTHONPATH=str(tmp_path),
     )
 
-    def submit(way: str, **env: str) -> str:
-        """Run the submitter from a folder with no Prefect settings file; the run's id."""
-        done = subprocess.run(
+    def submit(way: str, **env: str) -> subprocess.Popen:
+        """Start the submitter in a folder with no Prefect settings file."""
+        return subprocess.Popen(
             [sys.executable, "submit_probe.py", way],
             cwd=tmp_path,
             env={**env, "PREFECT_HOME": str(tmp_path / "submitter-home")},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
         )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.split()[-1]
+
+    def run_id(submitter: subprocess.Popen) -> str:
+        """What the submitter printed: the id of the run it created."""
+        out, err = submitter.communicate(timeout=120)
+        assert submitter.returncode == 0, err
+        return out.split()[-1]
 
     def run(run_id: str) -> dict:
         return httpx.get(f"{api}/task_runs/{run_id}", auth=auth).json()
@@ -404,11 +436,27 @@ def test_parameters_files_hold_the_submitters_settings_and_its_auth_string(
         record = json.loads(Path(state["data"]["storage_key"]).read_text())
         return pickle.loads(base64.b64decode(record["result"]))
 
-    # Before any task server runs: the version check that a fresh one makes first.
-    no_auth = submit("settings without the auth string", **clients)
+    # The three submitters and a fresh task server start together. The submitter whose
+    # settings lack the auth string goes first: its run must be the first the task server
+    # gets (what fails is the version check a fresh one makes on its first run). The other
+    # two wait at a gate.
+    gate = tmp_path / "gate"
+    own_client_env = {k: v for k, v in clients.items() if not k.startswith("PREFECT_API_")}
+    submitters = {
+        "no auth": submit("settings without the auth string", **clients),
+        "delay": submit("delay", **clients, GATE=str(gate)),
+        "own client": submit(
+            "own client",
+            **own_client_env,
+            APP_PREFECT_API_URL=api,
+            APP_PREFECT_AUTH_STRING=auth_string,
+            GATE=str(gate),
+        ),
+    }
     task_server_env = {**clients, "PREFECT_HOME": str(tmp_path / "task-server-home")}
     probe = Process("probe", [sys.executable, "-m", "probe_server"], env=task_server_env)
     try:
+        no_auth = run_id(submitters["no auth"])
         # The file holds no auth string, so the run has none on the task server: the
         # server answers 401 and the run stays Pending.
         assert submitted_settings(no_auth)["api"]["auth_string"] is None
@@ -417,19 +465,14 @@ def test_parameters_files_hold_the_submitters_settings_and_its_auth_string(
         probe.wait_for_line("401 Unauthorized", timeout=30)
         wait_for(lambda: run(no_auth)["state"]["name"], lambda name: name == "Pending")
 
+        gate.touch()
+        delayed, own_client = run_id(submitters["delay"]), run_id(submitters["own client"])
         # .delay(): the auth string in the file, and the run sees the submitter's home.
-        delayed = submit("delay", **clients)
         assert submitted_settings(delayed)["api"]["auth_string"] == auth_string
         assert result(delayed) == {"home": str(tmp_path / "submitter-home"), "auth_string": True}
 
         # A client made by hand, no Prefect API setting in the submitter: no API settings
         # in the file, so the task server uses its own, auth string included.
-        own_client = submit(
-            "own client",
-            **{k: v for k, v in clients.items() if not k.startswith("PREFECT_API_")},
-            APP_PREFECT_API_URL=api,
-            APP_PREFECT_AUTH_STRING=auth_string,
-        )
         assert "api" not in submitted_settings(own_client)
         assert result(own_client)["auth_string"] is True
         # In clear once decoded; and nowhere in the file of the lesson's way.
@@ -437,6 +480,10 @@ def test_parameters_files_hold_the_submitters_settings_and_its_auth_string(
         assert auth_string.encode() not in submitted(own_client)
     finally:
         probe.stop()
+        for submitter in submitters.values():
+            if submitter.poll() is None:  # a failed test: stop what still waits
+                submitter.kill()
+                submitter.communicate()
     # Only the stack's user may read the storage.
     assert storage.stat().st_mode & 0o777 == 0o700
 
