@@ -15,6 +15,5 @@ if __name__ == "__main__":
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
     print(f"status endpoint: http://127.0.0.1:{port}/status", flush=True)
-    # serve(..., status_server_port=port) crashes at start-up in Prefect 3.9.1; aserve in
-    # this process's own event loop works (tutorial/SURPRISES.md#status-server-crash).
+    # Not serve(): with a status port it crashes in Prefect 3.9.1 (../SURPRISES.md).
     asyncio.run(aserve(import_file, limit=4, status_server_port=port))
