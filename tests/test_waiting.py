@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -53,6 +55,42 @@ def test_a_cached_run_is_seen_as_soon_as_it_ends(served):
     # future.result(timeout=TIMEOUT) would return this value only after the whole timeout.
     assert time.monotonic() - started < TIMEOUT
     assert final_state(future, timeout=TIMEOUT).name == "Cached"
+
+
+def test_future_result_hears_a_cached_run_only_when_its_timeout_is_up(client_settings, task_server):
+    """The gap result_of closes: result() listens for events named after final state types,
+    and a Cached run's event is named Cached. If Prefect ever hears it, this test fails and
+    the workaround can go."""
+    from waiting_tasks import square
+
+    x = uuid.uuid4().int % 10**9
+    served = task_server(HERE / "waiting_task_server.py", TASKS="square")
+    assert result_of(square.delay(x), timeout=TIMEOUT) == x * x
+    served.stop()
+
+    future = square.delay(x)  # nobody serves square now: it waits, Scheduled
+    returned = []
+
+    def wait_with_result() -> None:
+        try:
+            returned.append(future.result(timeout=30))
+        except Exception as exc:
+            returned.append(exc)
+
+    # The thread sees this test's Prefect settings only through a copy of its context.
+    waiting = threading.Thread(target=contextvars.copy_context().run, args=(wait_with_result,))
+    started = time.monotonic()
+    waiting.start()
+    try:
+        task_server(HERE / "waiting_task_server.py", TASKS="square")
+        assert final_state(future, timeout=TIMEOUT).name == "Cached"
+        ended_after = time.monotonic() - started
+        still_waiting = waiting.is_alive()
+    finally:
+        waiting.join(timeout=TIMEOUT)
+    assert ended_after < 30, "the run ended after result()'s timeout: nothing to learn here"
+    assert still_waiting, f"result() heard the Cached run: Prefect closed the gap ({returned})"
+    assert returned == [x * x]  # once its timeout was up, it read the state and returned
 
 
 def test_a_timed_out_run_raises_its_failure_as_soon_as_it_ends(served):

@@ -19,3 +19,8 @@ def too_slow() -> None:
 @task
 def fails() -> None:
     raise ValueError("no luck")
+
+
+@task(cache_policy=INPUTS)
+def square(x: int) -> int:
+    return x * x
