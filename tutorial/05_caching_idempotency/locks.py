@@ -31,6 +31,7 @@ class AtomicFileLockManager(FileSystemLockManager):
                 expires = datetime.now(UTC) + timedelta(seconds=hold_timeout)
                 expiration = expires.isoformat()
             lock = {"holder": holder, "expiration": expiration}
+            # region link
             staged = f"{lock_path}.{uuid.uuid4().hex}"  # a file of this attempt's own
             with open(staged, "xb") as staged_file:  # permissions as Prefect's lock files
                 staged_file.write(pydantic_core.to_json(lock))
@@ -41,6 +42,7 @@ class AtomicFileLockManager(FileSystemLockManager):
                 continue  # another run took the lock first: wait for it to be released
             finally:
                 os.unlink(staged)
+            # endregion link
 
     async def aacquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
         # The async engine (async def tasks) calls this one; waiting happens in a thread.

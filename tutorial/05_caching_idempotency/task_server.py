@@ -1,6 +1,6 @@
 from prefect.task_worker import serve
 
-from tasks import build_report, count_visit, send_welcome_email
+from tasks import build_report, send_welcome_email
 
 if __name__ == "__main__":
-    serve(build_report, send_welcome_email, count_visit)
+    serve(build_report, send_welcome_email)

@@ -9,49 +9,36 @@ from prefect.settings import get_current_settings
 
 from locks import AtomicFileLockManager
 
-HOME = Path(get_current_settings().home).expanduser()  # .prefect/ in this repo
-# One line per task body that really ran: the proof that a Cached run did no work.
-WORK_LOG = HOME / "work_log.txt"
+LOCKS = Path(get_current_settings().home).expanduser() / "locks"  # .prefect/locks here
 
 
-def log_work(line: str) -> None:
-    with WORK_LOG.open("a") as work_log:
-        work_log.write(line + "\n")
-
-
-# Same inputs and same code within 10 minutes: reuse the stored result.
-@task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(minutes=10))
+# Same arguments and same code within 10 minutes: reuse the stored result.
+@task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(minutes=10), log_prints=True)
 def build_report(day: str) -> str:
+    print(f"building the report for {day}")
     time.sleep(1)  # stands in for a slow query
-    log_work(f"built the report for {day}")
     return f"report for {day}: 42 orders"
 
 
 def welcome_email_key(context, parameters) -> str:
-    # Names the side effect, not the call: "Ada" and "Ada Lovelace" at one address share
-    # it. Hashed, because the key becomes a file name in result storage.
+    # Names the side effect, not the call: one email per address, whatever the name, and
+    # no code hash or expiration (a new deploy must not email everybody again). Hashed,
+    # because the key becomes a file name in result storage.
     address = parameters["address"].strip().lower()
     return "welcome-email-" + hashlib.sha256(address.encode()).hexdigest()
 
 
-# SERIALIZABLE: a run holds a lock on its key while it runs, so an identical run that
-# starts meanwhile waits, then finds the record and ends Cached instead of sending again.
-# File locks work for task servers on one machine (locks.py: why not Prefect's own class).
+# A cache is checked when a run starts and written when it ends: two overlapping runs would
+# both send. SERIALIZABLE holds a lock on the key while a run runs, so an identical run waits,
+# then finds the record and ends Cached. File locks serve task servers on one machine.
 ONCE_PER_ADDRESS = CacheKeyFnPolicy(cache_key_fn=welcome_email_key).configure(
     isolation_level="SERIALIZABLE",
-    lock_manager=AtomicFileLockManager(lock_files_directory=HOME / "locks"),
+    lock_manager=AtomicFileLockManager(lock_files_directory=LOCKS),
 )
 
 
-@task(cache_policy=ONCE_PER_ADDRESS)
+@task(cache_policy=ONCE_PER_ADDRESS, log_prints=True)
 def send_welcome_email(address: str, name: str) -> str:
+    print(f"sending a welcome email to {address}")
     time.sleep(3)  # stands in for a slow mail server
-    log_work(f"sent a welcome email to {address}")
     return f"welcome email sent to {name} <{address}>"
-
-
-# No cache policy: every run does the work, even with identical arguments.
-@task
-def count_visit(page: str) -> str:
-    log_work(f"counted a visit to {page}")
-    return f"visit to {page} counted"
