@@ -2,16 +2,13 @@
 even for two requests at once; a task with no policy is not cached on a task server."""
 
 import asyncio
-import contextvars
 import re
 import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
-from harness import UUID, load_module, step_dir, step_tasks, wait_for
+from harness import UUID, load_module, step_dir, wait_for
 from prefect import task
 from prefect.cache_policies import DEFAULT, INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.locking.filesystem import FileSystemLockManager
@@ -129,49 +126,6 @@ def test_cached_runs_do_not_run_the_body_again(prefect_server, served, home):
         assert prefect_server.task_run(run_id)["state"]["name"] == "Cached"
     assert printed(served, since, "building the report") == 0
     assert printed(served, since, "sending a welcome email") == 0
-
-
-def test_result_does_not_hear_a_cached_run(prefect_server, served, home, monkeypatch):
-    """Pins the Cached half of SURPRISES.md#result-misses-cached-and-timedout: result(timeout=N)
-    on a run that ends Cached waits all N seconds, although the run was final long before.
-    Of two identical emails, one waits on the other's lock, so it is still Running when
-    result() starts waiting, and ends Cached about 3 s later. If Prefect starts hearing
-    Cached runs, this test fails."""
-    monkeypatch.syspath_prepend(str(STEP))  # tasks.py imports locks.py from beside it
-    address = f"pin-{uuid.uuid4().hex[:8]}@example.com"  # a key with no record yet
-    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: home}
-    with temporary_settings(settings), step_tasks(STEP) as tasks:
-        futures = [tasks.send_welcome_email.delay(address, "Pin") for _ in range(2)]
-        run_ids = [str(future.task_run_id) for future in futures]
-        # Both running: one sends, the other waits on the lock.
-        wait_for(
-            lambda: [(prefect_server.task_run(i)["state"] or {}).get("name") for i in run_ids],
-            lambda names: names == ["Running", "Running"],
-            what="the two runs never ran together",
-        )
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            # Each thread runs in a copy of this context, so with the settings above.
-            waits = [
-                pool.submit(contextvars.copy_context().run, returned_after, future, 8)
-                for future in futures
-            ]
-            returned = [wait.result(timeout=60) for wait in waits]
-
-    names = [prefect_server.task_run(i)["state"]["name"] for i in run_ids]
-    assert sorted(names) == ["Cached", "Completed"]
-    cached = names.index("Cached")
-    ended = timestamps(prefect_server, run_ids[cached])["Cached"]
-    # The run ended within about 3 s; result() returned only when its 8 s were up.
-    assert (returned[cached] - ended).total_seconds() > 2
-    # result() heard the Completed run at once (the other's lock was free by then).
-    completed = timestamps(prefect_server, run_ids[1 - cached])["Completed"]
-    assert (returned[1 - cached] - completed).total_seconds() < 2
-
-
-def returned_after(future, timeout: float) -> datetime:
-    """When future.result(timeout=...) returned."""
-    future.result(timeout=timeout)
-    return datetime.now().astimezone()
 
 
 def test_a_task_server_persists_results_with_the_default_policy():
