@@ -410,16 +410,15 @@ def test_every_request_but_health_needs_a_clients_key(prefect_server, app):
 
 def test_the_app_does_not_start_without_keys(prefect_server, started, tmp_path):
     """No default key that works in production: no keys, no app."""
-    env = app_env(tmp_path, JOBS_API_KEYS="")
-    api, _ = prefect_server.spawn_api(STEP, **env)
-    started.append(api)
-    assert api.wait(timeout=60) != 0
-    assert "set JOBS_API_KEYS (client=key pairs): the app has no clients" in api.output
-
-    api, _ = prefect_server.spawn_api(STEP, **app_env(tmp_path, JOBS_API_KEYS="alice=short"))
-    started.append(api)
-    assert api.wait(timeout=60) != 0
-    assert "the key of 'alice' is shorter than 16 characters" in api.output
+    # Both at once: each takes seconds to import Prefect before it fails.
+    none, _ = prefect_server.spawn_api(STEP, **app_env(tmp_path, JOBS_API_KEYS=""))
+    started.append(none)
+    short, _ = prefect_server.spawn_api(STEP, **app_env(tmp_path, JOBS_API_KEYS="alice=short"))
+    started.append(short)
+    assert none.wait(timeout=90) != 0
+    assert "set JOBS_API_KEYS (client=key pairs): the app has no clients" in none.output
+    assert short.wait(timeout=90) != 0
+    assert "the key of 'alice' is shorter than 16 characters" in short.output
 
 
 def test_a_client_sees_only_its_own_jobs(prefect_server, app):
@@ -647,13 +646,16 @@ def test_a_shared_result_storage_is_not_enough(small_queue, started, tmp_path):
         STEP / "task_server.py", PREFECT_HOME=str(tmp_path / "task-server"), **both
     )
     started.append(task_server)
-    wait_until_subscribed(small_queue.api_url, task_server)
-
-    jobs = {}
+    # Both apps start beside the task server: each process takes seconds to import Prefect.
+    apps = {}
     for name, storage in {"results only": results, "both": both}.items():
         home = tmp_path / name.replace(" ", "-")
         api, url = small_queue.spawn_api(STEP, PREFECT_HOME=str(home), **storage, **app_env(home))
         started.append(api)
+        apps[name] = api, url
+    wait_until_subscribed(small_queue.api_url, task_server)
+    jobs = {}
+    for name, (api, url) in apps.items():
         wait_until_answering(f"{url}/health", api)
         with as_client(url) as alice:
             response = post_job(alice, ENGLISH)

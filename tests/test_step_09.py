@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -21,7 +22,7 @@ import pytest
 from harness import free_port, step_dir, wait_for
 from sqlalchemy import create_engine, text
 
-from tutorial.runner import Process, wait_until_subscribed
+from tutorial.runner import Process, wait_until_answering, wait_until_subscribed
 
 STEP = step_dir(9)
 KINDS = ["welcome_email", "workspace", "crm"]
@@ -60,9 +61,24 @@ def start_step(prefect_server, spawn, api_server, tmp_path, **app_env: str) -> t
     return app, api
 
 
-@pytest.fixture
-def app(prefect_server, spawn, api_server, tmp_path) -> App:
-    return start_step(prefect_server, spawn, api_server, tmp_path)[0]
+@pytest.fixture(scope="module")
+def app(prefect_server, tmp_path_factory) -> Iterator[App]:
+    """The task server and the app on a database of their own, started once for the tests
+    that only drive them, and stopped after the last one, failed or not."""
+    port = free_port()
+    app = App(f"http://127.0.0.1:{port}", f"sqlite:///{tmp_path_factory.mktemp('step-09')}/db")
+    processes = []
+    try:
+        env = {"API_URL": app.url, "SIGNUP_DATABASE_URL": app.db}
+        processes.append(server := prefect_server.spawn(STEP / "task_server.py", **env))
+        api, _ = prefect_server.spawn_api(STEP, port=port, SIGNUP_DATABASE_URL=app.db)
+        processes.append(api)
+        wait_until_subscribed(prefect_server.api_url, server)
+        wait_until_answering(f"{app.url}/health", api)
+        yield app
+    finally:
+        for process in processes:
+            process.stop()
 
 
 class HeldProxy:
@@ -170,161 +186,9 @@ def sign_up(client: httpx.Client, email: str, name: str = "Ada Lovelace") -> htt
     return client.post("/users", json={"email": email, "name": name})
 
 
-def test_signup_answers_at_once_and_every_job_completes(prefect_server, app):
-    with app.client() as client:
-        response = sign_up(client, "Ada@Example.com")
-
-        assert response.status_code == 201, response.text
-        body = response.json()
-        assert response.headers["Location"] == f"/users/{body['id']}"
-        assert body["email"] == "ada@example.com"  # stored lower-cased
-        # The answer comes once the user and its jobs are committed, before any is queued:
-        # the app's dispatcher queues them outside the request.
-        assert body["jobs"] == [{"kind": k, "status": "not_queued", "attempts": 0} for k in KINDS]
-        token = body["token"]
-        assert len(token) >= 40
-
-        user = wait_for_jobs(client, response)
-        inbox = client.get("/fake-mail/messages", params={"to": "ada@example.com"}).json()
-
-    assert {job["kind"]: job["status"] for job in user["jobs"]} == dict.fromkeys(KINDS, "completed")
-    assert {job["kind"]: job["attempts"] for job in user["jobs"]} == {
-        "welcome_email": 2,  # the mail provider lost its first answer
-        "workspace": 1,
-        "crm": 1,
-    }
-
-    # The database: the user (with a hash of its token, never the token), a job per kind
-    # with its run id, one workspace.
-    user_hex = uuid.UUID(body["id"]).hex
-    assert app.rows("SELECT id, email, name, token_hash FROM users") == [
-        (user_hex, "ada@example.com", "Ada Lovelace", hashlib.sha256(token.encode()).hexdigest())
-    ]
-    runs = job_runs(app, body["id"])
-    assert sorted(runs) == sorted(KINDS)
-    assert app.rows("SELECT user_id, name FROM workspaces") == [
-        (user_hex, "Ada Lovelace's workspace")
-    ]
-
-    # Prefect: each job is a background task run, completed.
-    for kind, run_id in runs.items():
-        run = prefect_server.task_run(run_id)
-        assert run["state"]["type"] == "COMPLETED"
-        assert run["flow_run_id"] is None
-        assert run["task_key"].startswith(f"{TASK_NAMES[kind]}-")
-    plain = ["Scheduled", "Pending", "Running", "Completed"]
-    assert prefect_server.state_names(runs["workspace"]) == plain
-    assert prefect_server.state_names(runs["crm"]) == plain
-    assert prefect_server.state_names(runs["welcome_email"]) == [
-        *("Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed")
-    ]
-    assert prefect_server.task_run(runs["welcome_email"])["run_count"] == 2
-    assert prefect_server.result(runs["crm"]) == "ada@example.com"
-
-    # Two requests reached the mail provider with the same key: one email exists.
-    assert len(inbox) == 1, inbox
-    assert inbox[0]["requests"] == 2
-    assert inbox[0]["subject"] == "Welcome!"
-    assert inbox[0]["text"] == "Hi Ada Lovelace, welcome!"
-    assert prefect_server.result(runs["welcome_email"]) == inbox[0]["id"]
-
-
-def test_a_job_whose_new_state_is_not_written_yet_reads_as_that_state(prefect_server, app):
-    """On SQLite the server records a run's new state in two writes; in between, the run has
-    no state, but its state_type already names the new one, and read_user answers from it.
-    Here the gap is held open: no Completed state is written until the block ends."""
-    with app.client() as client:
-        with prefect_server.states_held_back("NEW.type = 'COMPLETED'"):
-            response = sign_up(client, "grace@example.com", name="Grace Hopper")
-            assert response.status_code == 201, response.text
-            runs = job_runs(app, response.json()["id"])
-            wait_for(
-                lambda: [prefect_server.task_run(run_id) for run_id in runs.values()],
-                lambda read: all(run["state_type"] == "COMPLETED" for run in read),
-                timeout=60,
-                what="the task server to report every job Completed",
-            )
-            assert all(prefect_server.task_run(r)["state"] is None for r in runs.values())
-
-            user = read_user(client, response).raise_for_status().json()
-            assert {job["kind"]: job["status"] for job in user["jobs"]} == dict.fromkeys(
-                KINDS, "completed"
-            )
-        # Once the server writes the states (on its next try), the runs have them too.
-        wait_for_runs(prefect_server, list(runs.values()))
-
-
-# Submits the step's tasks again, as a re-queued job would: arguments "task_name:user_id".
-RESUBMIT = """
-import sys, uuid
-sys.path.insert(0, sys.argv[1])
-import tasks
-for arg in sys.argv[2:]:
-    name, user_id = arg.split(":")
-    print("run", getattr(tasks, name).delay(uuid.UUID(user_id)).task_run_id, flush=True)
-"""
-
-
-def test_duplicates_never_do_anything_twice(prefect_server, app, started):
-    with app.client() as client:
-        response = sign_up(client, "Grace@Example.com", "Grace Hopper")
-        assert response.status_code == 201, response.text
-        user_id = response.json()["id"]
-        wait_for_jobs(client, response)
-        first = job_runs(app, user_id)
-
-        # The same address, in other letters: 409, and nothing written or queued.
-        runs_before = task_run_count(prefect_server)
-        again = sign_up(client, "grace@EXAMPLE.com", "Someone Else")
-        assert again.status_code == 409
-        assert again.json() == {"detail": "an account with this email already exists"}
-        assert "Location" not in again.headers
-        assert task_run_count(prefect_server) == runs_before
-        assert app.rows("SELECT email, name FROM users") == [("grace@example.com", "Grace Hopper")]
-        assert len(app.rows("SELECT id FROM jobs")) == 3
-
-        # The API reads runs only through a user's own jobs: a run id is no user id.
-        assert client.get(f"/users/{first['crm']}").status_code == 404
-
-        # A user with no workspace yet, for two workspace runs queued at the same moment.
-        racer = uuid.uuid4()
-        app.rows(
-            "INSERT INTO users (id, email, name, token_hash, created_at)"
-            " VALUES (:id, 'alan@example.com', 'Alan', '', CURRENT_TIMESTAMP)",
-            id=racer.hex,
-        )
-
-        # The same tasks delivered again (a re-queued job): their effects are not repeated.
-        env = {**prefect_server.env, "SIGNUP_DATABASE_URL": app.db, "API_URL": app.url}
-        argv = [sys.executable, "-c", RESUBMIT, str(STEP)]
-        argv += [f"send_welcome_email:{user_id}", f"set_up_workspace:{user_id}"]
-        argv += [f"set_up_workspace:{racer}"] * 2
-        started.append(resubmit := Process("resubmit", argv, env=env, echo=False))
-        assert resubmit.wait(timeout=60) == 0, resubmit.output
-        run_ids = re.findall(r"^run (\S+)$", resubmit.output, re.M)
-        email_run, workspace_run, *racing_runs = run_ids
-        wait_for_runs(prefect_server, run_ids)
-
-        inbox = client.get("/fake-mail/messages", params={"to": "grace@example.com"}).json()
-
-    # Both duplicates ran their bodies (not Cached) and completed on the first attempt...
-    for run_id in (email_run, workspace_run):
-        assert prefect_server.state_names(run_id) == [
-            *("Scheduled", "Pending", "Running", "Completed")
-        ]
-    # ...returning what the first runs made, without making it again.
-    assert prefect_server.result(email_run) == prefect_server.result(first["welcome_email"])
-    assert prefect_server.result(workspace_run) == prefect_server.result(first["workspace"])
-    assert len(inbox) == 1, inbox
-    assert inbox[0]["requests"] == 3  # lost answer, retry, duplicate: one email
-
-    # Two runs at once for a user without a workspace: one workspace, and both runs report it.
-    # Both usually look before either inserts (each takes 2 s in between); then the unique
-    # constraint fails one attempt and its retry finds the other's workspace.
-    assert [prefect_server.task_run(r)["state"]["type"] for r in racing_runs] == ["COMPLETED"] * 2
-    (workspace_id,) = app.rows("SELECT id FROM workspaces WHERE user_id = :u", u=racer.hex)[0]
-    assert [prefect_server.result(r) for r in racing_runs] == [str(uuid.UUID(workspace_id))] * 2
-    assert len(app.rows("SELECT id FROM workspaces")) == 2  # Grace's and Alan's
+# --- the tests that start an app of their own (with its own task server, if any) -----------
+# They come first: two step-09 task servers subscribed at once would take each other's runs,
+# and the shared one below stays up from its first test to the end of the module.
 
 
 def test_bad_bodies_are_422_and_unknown_users_404(prefect_server, api_server, tmp_path):
@@ -441,28 +305,6 @@ def test_signups_never_wait_for_prefect_and_two_apps_queue_each_job_once(
     assert task_run_count(prefect_server) == runs_before + 12
 
 
-def test_an_address_with_url_characters_updates_its_own_crm_contact(prefect_server, app):
-    # Valid addresses, each with a character that means something in a URL.
-    emails = ["x?y@example.com", "c#d@example.com", "a/b@example.com"]
-    with app.client() as client:
-        signups = [sign_up(client, email, "Tricky") for email in emails]
-        for response in signups:
-            assert response.status_code == 201, response.text
-            user = wait_for_jobs(client, response)
-            assert [job["status"] for job in user["jobs"]] == ["completed"] * 3
-
-        for email in emails:
-            contact = client.get(f"/fake-crm/contacts/{quote(email, safe='@')}")
-            assert contact.status_code == 200, (email, contact.text)
-            assert contact.json()["email"] == email
-        # Unquoted, the first would have updated contact "x", the second contact "c".
-        assert client.get("/fake-crm/contacts/x").status_code == 404
-        assert client.get("/fake-crm/contacts/c").status_code == 404
-
-    for response, email in zip(signups, emails, strict=True):
-        assert prefect_server.result(job_runs(app, response.json()["id"])["crm"]) == email
-
-
 def test_jobs_that_could_not_be_queued_are_queued_when_the_app_starts(
     prefect_server, spawn, api_server, tmp_path
 ):
@@ -492,6 +334,192 @@ def test_jobs_that_could_not_be_queued_are_queued_when_the_app_starts(
         inbox = client.get("/fake-mail/messages", params={"to": "linus@example.com"}).json()
     assert [job["status"] for job in user["jobs"]] == ["completed"] * 3
     assert len(inbox) == 1
+
+
+# --- the tests that share one app and its task server, each with addresses of its own ------
+
+
+def test_signup_answers_at_once_and_every_job_completes(prefect_server, app):
+    with app.client() as client:
+        response = sign_up(client, "Ada@Example.com")
+
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert response.headers["Location"] == f"/users/{body['id']}"
+        assert body["email"] == "ada@example.com"  # stored lower-cased
+        # The answer comes once the user and its jobs are committed, before any is queued:
+        # the app's dispatcher queues them outside the request.
+        assert body["jobs"] == [{"kind": k, "status": "not_queued", "attempts": 0} for k in KINDS]
+        token = body["token"]
+        assert len(token) >= 40
+
+        user = wait_for_jobs(client, response)
+        inbox = client.get("/fake-mail/messages", params={"to": "ada@example.com"}).json()
+
+    assert {job["kind"]: job["status"] for job in user["jobs"]} == dict.fromkeys(KINDS, "completed")
+    assert {job["kind"]: job["attempts"] for job in user["jobs"]} == {
+        "welcome_email": 2,  # the mail provider lost its first answer
+        "workspace": 1,
+        "crm": 1,
+    }
+
+    # The database: the user (with a hash of its token, never the token), a job per kind
+    # with its run id, one workspace.
+    user_hex = uuid.UUID(body["id"]).hex
+    assert app.rows("SELECT id, email, name, token_hash FROM users WHERE id = :u", u=user_hex) == [
+        (user_hex, "ada@example.com", "Ada Lovelace", hashlib.sha256(token.encode()).hexdigest())
+    ]
+    runs = job_runs(app, body["id"])
+    assert sorted(runs) == sorted(KINDS)
+    assert app.rows("SELECT user_id, name FROM workspaces WHERE user_id = :u", u=user_hex) == [
+        (user_hex, "Ada Lovelace's workspace")
+    ]
+
+    # Prefect: each job is a background task run, completed.
+    for kind, run_id in runs.items():
+        run = prefect_server.task_run(run_id)
+        assert run["state"]["type"] == "COMPLETED"
+        assert run["flow_run_id"] is None
+        assert run["task_key"].startswith(f"{TASK_NAMES[kind]}-")
+    plain = ["Scheduled", "Pending", "Running", "Completed"]
+    assert prefect_server.state_names(runs["workspace"]) == plain
+    assert prefect_server.state_names(runs["crm"]) == plain
+    assert prefect_server.state_names(runs["welcome_email"]) == [
+        *("Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed")
+    ]
+    assert prefect_server.task_run(runs["welcome_email"])["run_count"] == 2
+    assert prefect_server.result(runs["crm"]) == "ada@example.com"
+
+    # Two requests reached the mail provider with the same key: one email exists.
+    assert len(inbox) == 1, inbox
+    assert inbox[0]["requests"] == 2
+    assert inbox[0]["subject"] == "Welcome!"
+    assert inbox[0]["text"] == "Hi Ada Lovelace, welcome!"
+    assert prefect_server.result(runs["welcome_email"]) == inbox[0]["id"]
+
+
+def test_a_job_whose_new_state_is_not_written_yet_reads_as_that_state(prefect_server, app):
+    """On SQLite the server records a run's new state in two writes; in between, the run has
+    no state, but its state_type already names the new one, and read_user answers from it.
+    Here the gap is held open: no Completed state is written until the block ends."""
+    with app.client() as client:
+        with prefect_server.states_held_back("NEW.type = 'COMPLETED'"):
+            response = sign_up(client, "hedy@example.com", name="Hedy Lamarr")
+            assert response.status_code == 201, response.text
+            runs = job_runs(app, response.json()["id"])
+            wait_for(
+                lambda: [prefect_server.task_run(run_id) for run_id in runs.values()],
+                lambda read: all(run["state_type"] == "COMPLETED" for run in read),
+                timeout=60,
+                what="the task server to report every job Completed",
+            )
+            assert all(prefect_server.task_run(r)["state"] is None for r in runs.values())
+
+            user = read_user(client, response).raise_for_status().json()
+            assert {job["kind"]: job["status"] for job in user["jobs"]} == dict.fromkeys(
+                KINDS, "completed"
+            )
+        # Once the server writes the states (on its next try), the runs have them too.
+        wait_for_runs(prefect_server, list(runs.values()))
+
+
+# Submits the step's tasks again, as a re-queued job would: arguments "task_name:user_id".
+RESUBMIT = """
+import sys, uuid
+sys.path.insert(0, sys.argv[1])
+import tasks
+for arg in sys.argv[2:]:
+    name, user_id = arg.split(":")
+    print("run", getattr(tasks, name).delay(uuid.UUID(user_id)).task_run_id, flush=True)
+"""
+
+
+def test_duplicates_never_do_anything_twice(prefect_server, app, started):
+    with app.client() as client:
+        response = sign_up(client, "Grace@Example.com", "Grace Hopper")
+        assert response.status_code == 201, response.text
+        user_id = response.json()["id"]
+        wait_for_jobs(client, response)
+        first = job_runs(app, user_id)
+
+        # The same address, in other letters: 409, and nothing written or queued.
+        runs_before = task_run_count(prefect_server)
+        again = sign_up(client, "grace@EXAMPLE.com", "Someone Else")
+        assert again.status_code == 409
+        assert again.json() == {"detail": "an account with this email already exists"}
+        assert "Location" not in again.headers
+        assert task_run_count(prefect_server) == runs_before
+        graces = app.rows("SELECT id, name FROM users WHERE email LIKE 'grace@%'")
+        assert graces == [(uuid.UUID(user_id).hex, "Grace Hopper")]
+        assert (
+            len(app.rows("SELECT id FROM jobs WHERE user_id = :u", u=uuid.UUID(user_id).hex)) == 3
+        )
+
+        # The API reads runs only through a user's own jobs: a run id is no user id.
+        assert client.get(f"/users/{first['crm']}").status_code == 404
+
+        # A user with no workspace yet, for two workspace runs queued at the same moment.
+        racer = uuid.uuid4()
+        app.rows(
+            "INSERT INTO users (id, email, name, token_hash, created_at)"
+            " VALUES (:id, 'alan@example.com', 'Alan', '', CURRENT_TIMESTAMP)",
+            id=racer.hex,
+        )
+
+        # The same tasks delivered again (a re-queued job): their effects are not repeated.
+        env = {**prefect_server.env, "SIGNUP_DATABASE_URL": app.db, "API_URL": app.url}
+        argv = [sys.executable, "-c", RESUBMIT, str(STEP)]
+        argv += [f"send_welcome_email:{user_id}", f"set_up_workspace:{user_id}"]
+        argv += [f"set_up_workspace:{racer}"] * 2
+        started.append(resubmit := Process("resubmit", argv, env=env, echo=False))
+        assert resubmit.wait(timeout=60) == 0, resubmit.output
+        run_ids = re.findall(r"^run (\S+)$", resubmit.output, re.M)
+        email_run, workspace_run, *racing_runs = run_ids
+        wait_for_runs(prefect_server, run_ids)
+
+        inbox = client.get("/fake-mail/messages", params={"to": "grace@example.com"}).json()
+
+    # Both duplicates ran their bodies (not Cached) and completed on the first attempt...
+    for run_id in (email_run, workspace_run):
+        assert prefect_server.state_names(run_id) == [
+            *("Scheduled", "Pending", "Running", "Completed")
+        ]
+    # ...returning what the first runs made, without making it again.
+    assert prefect_server.result(email_run) == prefect_server.result(first["welcome_email"])
+    assert prefect_server.result(workspace_run) == prefect_server.result(first["workspace"])
+    assert len(inbox) == 1, inbox
+    assert inbox[0]["requests"] == 3  # lost answer, retry, duplicate: one email
+
+    # Two runs at once for a user without a workspace: one workspace, and both runs report it.
+    # Both usually look before either inserts (each takes 2 s in between); then the unique
+    # constraint fails one attempt and its retry finds the other's workspace.
+    assert [prefect_server.task_run(r)["state"]["type"] for r in racing_runs] == ["COMPLETED"] * 2
+    (workspace_id,) = app.rows("SELECT id FROM workspaces WHERE user_id = :u", u=racer.hex)[0]
+    assert [prefect_server.result(r) for r in racing_runs] == [str(uuid.UUID(workspace_id))] * 2
+    grace = app.rows("SELECT id FROM workspaces WHERE user_id = :u", u=uuid.UUID(user_id).hex)
+    assert len(grace) == 1  # the duplicate run found it
+
+
+def test_an_address_with_url_characters_updates_its_own_crm_contact(prefect_server, app):
+    # Valid addresses, each with a character that means something in a URL.
+    emails = ["x?y@example.com", "c#d@example.com", "a/b@example.com"]
+    with app.client() as client:
+        signups = [sign_up(client, email, "Tricky") for email in emails]
+        for response in signups:
+            assert response.status_code == 201, response.text
+            user = wait_for_jobs(client, response)
+            assert [job["status"] for job in user["jobs"]] == ["completed"] * 3
+
+        for email in emails:
+            contact = client.get(f"/fake-crm/contacts/{quote(email, safe='@')}")
+            assert contact.status_code == 200, (email, contact.text)
+            assert contact.json()["email"] == email
+        # Unquoted, the first would have updated contact "x", the second contact "c".
+        assert client.get("/fake-crm/contacts/x").status_code == 404
+        assert client.get("/fake-crm/contacts/c").status_code == 404
+
+    for response, email in zip(signups, emails, strict=True):
+        assert prefect_server.result(job_runs(app, response.json()["id"])["crm"]) == email
 
 
 BROWSER_ARGS = [
@@ -543,6 +571,7 @@ def test_a_person_signs_up_in_the_browser_and_sees_every_job_complete(app, tmp_p
 
 
 def test_submit_signs_up_watches_the_jobs_and_is_refused_the_second_time(prefect_server, app):
+    users_before = len(app.rows("SELECT id FROM users"))
     # Twice against the same database: each run signs up a fresh address.
     for _ in range(2):
         submit = prefect_server.run_script(STEP / "submit.py", API_URL=app.url)
@@ -563,4 +592,4 @@ def test_submit_signs_up_watches_the_jobs_and_is_refused_the_second_time(prefect
         # What it printed is what the app recorded: every job queued and completed in Prefect.
         for run_id in job_runs(app, location.group(1)).values():
             assert prefect_server.task_run(run_id)["state"]["type"] == "COMPLETED"
-    assert len(App(app.url, app.db).rows("SELECT id FROM users")) == 2
+    assert len(app.rows("SELECT id FROM users")) == users_before + 2
