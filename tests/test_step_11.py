@@ -171,6 +171,8 @@ def test_a_signal_stops_the_task_server_after_its_runs_finish(
     os.kill(server.pid, sig)
     server.wait_for_line(r"Stopping: no new runs; waiting for 2 in flight", timeout=10)
     late = submitted(submit(prefect_server, started, tmp_path, "a-3"), "a-3")
+    # Another task server, started while the first one drains, takes the late run.
+    task_server(STEP / "task_server.py", **env)
 
     assert server.wait(timeout=60) == 0, server.output
     assert "Stopped: every run it took has finished" in server.output
@@ -178,11 +180,10 @@ def test_a_signal_stops_the_task_server_after_its_runs_finish(
     for run_id in (first, second):
         wait_for(lambda r=run_id: state(prefect_server, r) == "COMPLETED", timeout=30, what=run_id)
         assert history(prefect_server, run_id) == ["Scheduled", "Pending", "Running", "Completed"]
-    # The run submitted after the signal was not taken: another task server gets it.
-    assert late not in server.output
-    assert history(prefect_server, late) == ["Scheduled"]
-    task_server(STEP / "task_server.py", **env)
+    # The run submitted after the signal was not taken by the stopping task server.
     wait_for(lambda: state(prefect_server, late) == "COMPLETED", timeout=60, what="the late run")
+    assert late not in server.output
+    assert history(prefect_server, late) == ["Scheduled", "Pending", "Running", "Completed"]
     payments, attempts = ledger(tmp_path / "ledger.db")
     assert payments == attempts == {"a-1": 1, "a-2": 1, "a-3": 1}
 
@@ -201,6 +202,8 @@ def test_a_run_that_outlasts_the_grace_period_is_left_running(
     assert "1 runs still running after 2 s" in server.output
     wait_for(lambda: state(prefect_server, run_id) == "RUNNING", timeout=30, what=run_id)
     assert not (tmp_path / "ledger.db").exists()  # the charge never happened
+    # Stranded for good: delete it, so that no reconciler on this server charges it later.
+    httpx.delete(f"{prefect_server.api_url}/task_runs/{run_id}", timeout=30).raise_for_status()
 
 
 # --- what Prefect does not recover by itself, and what recover.py does -----------------
@@ -287,16 +290,16 @@ def deliveries(server: PrefectServer, run_id: str) -> int:
 
 def test_a_backlog_waits_and_each_run_is_delivered_once(own, started, tmp_path):
     """Runs that wait behind others are not lost: recover.py leaves them in the queue, though
-    the backlog is ten times longer than every threshold it is given."""
+    the backlog is four to eight times longer than the thresholds it is given."""
     env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
     reconciler = recover(
         own, started, "--scheduled-after", "1", "--running-after", "2", "--interval", "0.5"
     )
-    orders = [f"b-{n:02d}" for n in range(20)]
+    orders = [f"b-{n:02d}" for n in range(16)]
     submitter = submit(own, started, tmp_path, *orders)
     run_ids = [submitted(submitter, order_id) for order_id in orders]
-    # One task server, one run at a time, 1 s each: the last run waits 20 s or more.
-    start_task_server(own, started, TASK_SERVER_LIMIT="1", PAYMENT_LATENCY="1", **env)
+    # One task server, one run at a time, 0.5 s each: the last run waits 8 s or more.
+    start_task_server(own, started, TASK_SERVER_LIMIT="1", PAYMENT_LATENCY="0.5", **env)
     for run_id in run_ids:
         wait_for(lambda r=run_id: state(own, r) == "COMPLETED", timeout=120, what=run_id)
 
@@ -312,12 +315,22 @@ def test_a_long_run_is_left_alone_while_its_task_server_sends_heartbeats(own, st
     """A run Running longer than --running-after is not lost while its task server is alive:
     the heartbeats task_server.py sends for it say so."""
     env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
-    start_task_server(own, started, PAYMENT_LATENCY="20", TASK_SERVER_HEARTBEAT="1", **env)
-    run_id = submitted(submit(own, started, tmp_path, "h-1"), "h-1")
-    wait_for(lambda: state(own, run_id) == "RUNNING", timeout=60, what=run_id)
+    start_task_server(own, started, PAYMENT_LATENCY="14", TASK_SERVER_HEARTBEAT="1", **env)
     # Heartbeats reach the API within the event persister's flush (5 s) after they are sent.
     reconciler = recover(own, started, "--running-after", "8", "--interval", "1")
+    reconciler.wait_for_line(r"pass: ", timeout=120)
+    run_id = submitted(submit(own, started, tmp_path, "h-1"), "h-1")
+    wait_for(lambda: state(own, run_id) == "RUNNING", timeout=60, what=run_id)
+    running = time.monotonic()
 
+    # A pass that came after the run had been Running for longer than --running-after.
+    wait_for(lambda: time.monotonic() - running > 9, timeout=30)
+    passes = reconciler.output.count("pass: 1 unfinished")
+    wait_for(
+        lambda: reconciler.output.count("pass: 1 unfinished") > passes,
+        timeout=30,
+        what="a pass while the run had been Running for 9 s",
+    )
     wait_for(lambda: state(own, run_id) == "COMPLETED", timeout=60, what=run_id)
     assert reconciler.wait_for_line(r"pass: 0 unfinished", timeout=30)
     assert run_id not in reconciler.output
@@ -392,6 +405,32 @@ def test_requeue_leaves_a_run_alone_while_the_server_writes_its_state(own, start
     assert history(own, run_id) == ["Scheduled", "Pending", "Running", "Completed"]
 
 
+# --- the lesson: submit.py ---------------------------------------------------------------
+
+
+def test_submit_py_recovers_the_runs_of_the_task_server_it_kills(own, started, tmp_path):
+    """submit.py starts recover.py and a second task server, kills that one in the middle of
+    its runs, and every payment still completes, each order charged once."""
+    env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
+    # The task server `uv run tutorial 11` starts, here one run at a time and 1 s each, so
+    # that the second task server surely takes some of the six runs before it is killed.
+    start_task_server(own, started, TASK_SERVER_LIMIT="1", PAYMENT_LATENCY="1", **env)
+    submit_py = own.spawn(STEP / "submit.py", **env)
+    started.append(submit_py)
+    assert submit_py.wait(timeout=300) == 0, submit_py.output
+
+    assert re.search(r"^killed the second task server \(pid \d+\)", submit_py.output, re.M)
+    lines = re.findall(r"^(order-\w+-\d): charged  \((.+)\)$", submit_py.output, re.M)
+    assert [order_id[-1] for order_id, _ in lines] == list("123456"), submit_py.output
+    payments, attempts = ledger(tmp_path / "ledger.db", "order-")
+    # The killed server died before its payments: each order was charged once.
+    assert payments == attempts == {order_id: 1 for order_id, _ in lines}
+    histories = [shown.split(", ") for _, shown in lines]
+    lost = ["Scheduled", "Pending", "Running", "Requeued", "Pending", "Running", "Completed"]
+    assert all(h in (lost, ["Scheduled", "Pending", "Running", "Completed"]) for h in histories)
+    assert lost in histories, submit_py.output  # the killed task server's runs came back
+
+
 # --- a full queue blocks the submitter ---------------------------------------------------
 
 
@@ -406,7 +445,7 @@ def test_a_full_queue_blocks_delay_until_a_task_server_drains_it(
         run_ids = [submitted(submitter, order_id) for order_id in orders[:5]]
         # The sixth .delay() waits for room in the queue: it does not fail, it blocks.
         with pytest.raises(TimeoutError):
-            submitted(submitter, "q-6", timeout=15)
+            submitted(submitter, "q-6", timeout=8)
         assert submitter.running()
 
         start_task_server(server, started, **env)
@@ -421,39 +460,47 @@ def test_a_full_queue_blocks_delay_until_a_task_server_drains_it(
 # --- chaos: task servers killed and the Prefect server restarted while jobs run ----------
 
 
-def figure(output: str, name: str) -> int:
-    return int(re.search(rf"^{name}:\s+(\d+)", output, re.M).group(1))
+def applied(path: Path, prefix: str) -> dict[str, int]:
+    """How many executions of each order's job changed the ledger (charged the card)."""
+    with sqlite3.connect(path) as db:
+        query = "SELECT order_id, SUM(applied) FROM attempts WHERE order_id LIKE ? GROUP BY 1"
+        return dict(db.execute(query, (f"{prefix}%",)))
 
 
 def test_chaos_loses_nothing_and_charges_nothing_twice(own, started, tmp_path):
+    """Two task servers killed with runs in flight, the Prefect server restarted with runs
+    still queued, two reconcilers at once: every job completes, each order charged once."""
     env = {"LEDGER_DB": str(tmp_path / "ledger.db")}
-    start_task_server(own, started, **env)
-    # A second reconciler beside the one submit.py starts: two at once must be safe.
-    fast = ["--scheduled-after", "10", "--running-after", "15", "--interval", "2"]
-    second = recover(own, started, *fast)
-    began = time.monotonic()
-    submit_py = own.spawn(STEP / "submit.py", JOBS="200", **env)
-    started.append(submit_py)
+    fast = ["--scheduled-after", "5", "--running-after", "8", "--interval", "1"]
+    for _ in range(2):
+        recover(own, started, *fast)
+    # One task server that survives, two at a time, so that a backlog forms behind it; two
+    # that die with runs in flight (their payments take 2 s).
+    servers = [own.spawn(STEP / "task_server.py", TASK_SERVER_LIMIT="2", **env)]
+    doomed = [
+        own.spawn(STEP / "task_server.py", PAYMENT_LATENCY="2", TASK_SERVER_HEARTBEAT="1", **env)
+        for _ in range(2)
+    ]
+    started.extend(servers + doomed)
+    for server in servers + doomed:
+        wait_until_subscribed(own.api_url, server)
 
-    # Restart the Prefect server once a task server has been killed, while jobs run.
-    submit_py.wait_for_line(r"killed task server \d+ \(SIGKILL\)", timeout=300)
-    restart(own)
+    orders = [f"c-{n:02d}" for n in range(40)]
+    submitter = submit(own, started, tmp_path, *orders)
+    run_ids = [submitted(submitter, order_id) for order_id in orders]
+    for server in doomed:
+        server.wait_for_line(r"Submitting task run", timeout=60)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    restart(own)  # whatever was still queued lived in the old server's memory
 
-    assert submit_py.wait(timeout=900) == 0, submit_py.output
-    out = submit_py.output
-    print(f"chaos: {time.monotonic() - began:.0f} s")
-    assert figure(out, "jobs submitted") == 200
-    assert figure(out, "task servers killed") == 2
-    assert figure(out, "runs Completed") == 200
-    assert figure(out, "jobs lost") == 0
-    assert figure(out, "double charges") == 0
-    # Counted from the runs' histories, so the re-enqueues of both reconcilers.
-    requeued = figure(out, "runs re-enqueued")
-    assert requeued >= 1, out
-    # Read the ledger ourselves: 200 orders, each charged exactly once.
-    payments, attempts = ledger(tmp_path / "ledger.db", "order-")
-    assert len(payments) == 200 and set(payments.values()) == {1}
-    assert set(attempts) == set(payments)
-    twice = sum(n > 1 for n in attempts.values())
-    print(f"chaos: re-enqueued {requeued}, ran twice {twice}, by the second reconciler:")
-    print(second.output.count("re-enqueued ("))
+    for run_id in run_ids:
+        wait_for(lambda r=run_id: state(own, r) == "COMPLETED", timeout=180, what=run_id)
+    requeued = [run_id for run_id in run_ids if "Requeued" in history(own, run_id)]
+    print(f"chaos: {len(orders)} jobs, {len(requeued)} re-enqueued")
+    assert requeued  # the killed task servers' runs, at least
+    payments, attempts = ledger(tmp_path / "ledger.db", "c-")
+    assert payments == {order_id: 1 for order_id in orders}
+    # However often a job ran, only one execution charged the card.
+    assert applied(tmp_path / "ledger.db", "c-") == {order_id: 1 for order_id in orders}
+    assert set(attempts) == set(orders)

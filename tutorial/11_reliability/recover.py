@@ -1,13 +1,11 @@
 """Put lost background task runs back in the queue; run it beside your task servers.
 
-Prefect 3.9 delivers a background run once and never again. A run is lost when:
-- it is Scheduled, but the Prefect server lost its in-memory queue (it restarted), or the
-  task server that took it died before it reported the run Pending;
-- it is Pending or Running, but the task server that took it died.
-A run that is only waiting in the queue is not lost: queuing it again would deliver it
-twice. This re-enqueues lost runs only. It reports runs whose task key no task server
-serves, which a new delivery would not help. A run it re-enqueues may have done some or
-all of its work: tasks must be idempotent.
+Prefect 3.9 delivers a background run once. A run is lost when the Prefect server restarted
+with it in its in-memory queue (it stays Scheduled), or when the task server that took it
+died (it stays Scheduled, Pending or Running). A run that only waits in the queue looks like
+a lost Scheduled one, and queuing it again would deliver it twice: this re-enqueues a run
+only with proof that it is lost, and reports runs whose task key no task server serves. A
+run it re-enqueues may have done some or all of its work: tasks must be idempotent.
 """
 
 import argparse
@@ -29,28 +27,15 @@ CLOCKS = timedelta(seconds=1)
 
 
 def options() -> argparse.Namespace:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--scheduled-after",
-        type=float,
-        default=float(env("RECOVER_SCHEDULED_AFTER", "120")),
-        help="never touch a run Scheduled for less than this many seconds (default: 120)",
-    )
-    parser.add_argument(
-        "--running-after",
-        type=float,
-        default=float(env("RECOVER_RUNNING_AFTER", "600")),
-        help="re-enqueue runs Pending or Running with no news for this many seconds: no new"
-        " state, no heartbeat; keep it above the longest a run takes, unless every task"
-        " server sends heartbeats (default: 600)",
-    )
-    parser.add_argument(
-        "--interval",
-        type=float,
-        default=float(env("RECOVER_INTERVAL", "10")),
-        help="seconds between two passes (default: 10)",
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag, default, meaning in [
+        ("--scheduled-after", 120, "never touch a run Scheduled for less than this many s"),
+        ("--running-after", 600, "re-enqueue a run in flight with no news for this many s"),
+        ("--interval", 10, "seconds between two passes"),
+    ]:
+        env = "RECOVER_" + flag[2:].replace("-", "_").upper()  # RECOVER_SCHEDULED_AFTER, ...
+        default = float(os.environ.get(env, default))
+        parser.add_argument(flag, type=float, default=default, help=f"{meaning} ({default:g})")
     parser.add_argument("--once", action="store_true", help="make one pass, then exit")
     return parser.parse_args()
 
@@ -59,9 +44,8 @@ async def task_runs(client: PrefectClient, **filters) -> list[TaskRun]:
     runs: list[TaskRun] = []
     while True:
         body = {"task_runs": filters, "sort": "EXPECTED_START_TIME_DESC", "limit": PAGE}
-        response = await client.request(
-            "POST", "/task_runs/filter", json=body | {"offset": len(runs)}
-        )
+        body["offset"] = len(runs)
+        response = await client.request("POST", "/task_runs/filter", json=body)
         response.raise_for_status()
         page = [TaskRun.model_validate(run) for run in response.json()]
         runs += page
@@ -81,11 +65,6 @@ def queued(run: TaskRun) -> bool:
     return run.state.type == StateType.SCHEDULED and bool(run.state.state_details.deferred)
 
 
-def background(states: list[State]) -> bool:
-    """Submitted with .delay(), not called in the foreground: only those have a queue."""
-    return any(s.name == "Scheduled" and s.state_details.deferred for s in states)
-
-
 def since(state: State) -> datetime:
     # A retry waits in a Scheduled state (AwaitingRetry) until its scheduled time.
     return max(state.timestamp, state.state_details.scheduled_time or state.timestamp)
@@ -95,10 +74,39 @@ class Pass:
     """One look at the runs: which are lost, and which only wait."""
 
     def __init__(self, client: PrefectClient, opts: argparse.Namespace, seen: dict):
-        self.client, self.opts, self.seen = client, opts, seen
+        self.client, self.seen = client, seen
         self.now = datetime.now(UTC)
         self.scheduled_after = timedelta(seconds=opts.scheduled_after)
         self.running_after = timedelta(seconds=opts.running_after)
+
+    # region lost
+    async def lost(self, runs: list[TaskRun], servers: dict[str, set[str]]) -> list[TaskRun]:
+        lost = []
+        # Scheduled long enough to have been delivered: lost only if the task servers of
+        # its key are idle, or if a run submitted after it started long ago (the queue is
+        # first in, first out). Otherwise it may be waiting its turn.
+        waiting = [run for run in runs if queued(run) and self.waited(run)]
+        for key in sorted({run.task_key for run in waiting}):
+            mine = [run for run in waiting if run.task_key == key]
+            if await self.idle(key, servers, runs):
+                lost += mine
+            else:
+                lost += await self.overtaken(key, mine)
+        # In flight with no news: no new state and no heartbeat for --running-after.
+        for run in runs:
+            if not queued(run) and await self.silent(run) and await self.background(run):
+                lost.append(run)
+        return lost
+        # endregion lost
+
+    def waited(self, run: TaskRun) -> bool:
+        """Scheduled for --scheduled-after seconds: long enough to have been delivered."""
+        return self.now - run.state.timestamp > self.scheduled_after
+
+    async def background(self, run: TaskRun) -> bool:
+        """Submitted with .delay(), not called in the foreground: only those have a queue."""
+        states = await self.client.read_task_run_states(run.id)
+        return any(s.name == "Scheduled" and s.state_details.deferred for s in states)
 
     async def idle(self, key: str, servers: dict[str, set[str]], runs: list[TaskRun]) -> bool:
         """Every task server that serves `key` has been subscribed and has run nothing for
@@ -110,16 +118,14 @@ class Pass:
         keys = set().union(*(servers[server] for server in mine))
         if any(run.task_key in keys and not queued(run) for run in runs):
             return False  # a run of theirs is Pending, Running or waiting to retry
-        ended = await task_runs(
-            self.client, end_time={"after_": (self.now - self.scheduled_after).isoformat()}
-        )
+        after = (self.now - self.scheduled_after).isoformat()
+        ended = await task_runs(self.client, end_time={"after_": after})
         return not any(run.task_key in keys for run in ended)
 
     async def overtaken(self, key: str, runs: list[TaskRun]) -> list[TaskRun]:
-        """The runs of `key` that a run submitted after them overtook long ago. The queue
-        is first in, first out, so they left it before that run did. A task server that
-        takes a run while its slots are busy holds it until a slot frees (Prefect's serve()
-        holds two), so after twice --running-after none holds them any more."""
+        """The runs of `key` that a run submitted after them overtook long ago: they left
+        the queue before it. A task server whose slots are busy holds a run it took until a
+        slot frees (Prefect's serve() holds two), so after twice --running-after none does."""
         started = await task_runs(
             self.client,
             start_time={
@@ -129,7 +135,7 @@ class Pass:
         )
         for later in started:  # the latest submitted first
             submitted = later.expected_start_time
-            if later.task_key == key and submitted and background(await self.history(later)):
+            if later.task_key == key and submitted and await self.background(later):
                 return [run for run in runs if submitted > run.state.timestamp + CLOCKS]
         return []
 
@@ -138,72 +144,38 @@ class Pass:
         heartbeat from a task server running it."""
         if self.now - since(run.state) <= self.running_after:
             return False
-        response = await self.client.request(
-            "POST",
-            "/events/filter",
-            json={
-                "filter": {
-                    "occurred": {"since": (self.now - self.running_after).isoformat()},
-                    "event": {"name": [HEARTBEAT]},
-                    "resource": {"id": [f"prefect.task-run.{run.id}"]},
-                },
-                "limit": 1,
-            },
-        )
+        heartbeats = {
+            "occurred": {"since": (self.now - self.running_after).isoformat()},
+            "event": {"name": [HEARTBEAT]},
+            "resource": {"id": [f"prefect.task-run.{run.id}"]},
+        }
+        body = {"filter": heartbeats, "limit": 1}
+        response = await self.client.request("POST", "/events/filter", json=body)
         response.raise_for_status()
         return not response.json()["events"]
 
-    def waited(self, run: TaskRun) -> bool:
-        """Scheduled for --scheduled-after seconds: long enough to have been delivered."""
-        return self.now - run.state.timestamp > self.scheduled_after
 
-    async def history(self, run: TaskRun) -> list[State]:
-        return await self.client.read_task_run_states(run.id)
-
-    async def lost(self, runs: list[TaskRun], servers: dict[str, set[str]]) -> list[TaskRun]:
-        lost = []
-        waiting = [run for run in runs if queued(run) and self.waited(run)]
-        for key in sorted({run.task_key for run in waiting}):
-            mine = [run for run in waiting if run.task_key == key]
-            if await self.idle(key, servers, runs):
-                lost += mine
-            else:
-                lost += await self.overtaken(key, mine)
-        for run in runs:
-            if not queued(run) and await self.silent(run) and background(await self.history(run)):
-                lost.append(run)
-        return lost
-
-
+# region requeue
 async def requeue(client: PrefectClient, run: TaskRun) -> bool:
     # Act only if the run is still in the state this pass judged lost.
     current = await client.read_task_run(run.id)
-    if current.state is None:  # the server is writing its new state right now
-        logger.info(f"{run.id}: moving on to {current.state_name}, left alone")
+    if current.state is None or current.state.id != run.state.id:
+        logger.info(f"{run.id}: moved on to {current.state_name}, left alone")
         return False
-    if current.state.id != run.state.id:
-        logger.info(f"{run.id}: moved on to {current.state.name}, left alone")
-        return False
-    # A task server reads the run's arguments from result storage, under the id its
-    # first Scheduled state carries; the new Scheduled state must carry it too.
+    # A new Scheduled state, deferred (so the server queues it), carrying the id under which
+    # the task server finds the run's arguments, as the run's first Scheduled state did.
     states = await client.read_task_run_states(run.id)
-    parameters_id = next(
-        (
-            s.state_details.task_parameters_id
-            for s in reversed(states)
-            if s.state_details.task_parameters_id
-        ),
-        None,
-    )
+    parameters = [s.state_details.task_parameters_id for s in states]
     scheduled = Scheduled(name="Requeued")
-    scheduled.state_details.deferred = True  # a background run: the server queues it
-    scheduled.state_details.task_parameters_id = parameters_id
+    scheduled.state_details.deferred = True
+    scheduled.state_details.task_parameters_id = next(filter(None, reversed(parameters)), None)
     result = await client.set_task_run_state(run.id, scheduled, force=True)
     if result.state is None or result.state.type != StateType.SCHEDULED:
         logger.warning(f"{run.id}: the server refused: {result.details}")
         return False
     logger.info(f"{run.id}: re-enqueued ({run.state.name} since {run.state.timestamp:%H:%M:%S})")
     return True
+    # endregion requeue
 
 
 async def reconcile(client: PrefectClient, opts: argparse.Namespace, seen: dict) -> int:
@@ -211,16 +183,12 @@ async def reconcile(client: PrefectClient, opts: argparse.Namespace, seen: dict)
     next, when each task server was first seen subscribed."""
     # Task servers first, then runs: a run a task server takes in between shows as taken.
     servers = await task_servers(client)
-    now = datetime.now(UTC)
-    for server in list(seen):
-        if server not in servers:
-            del seen[server]
+    for server in set(seen) - set(servers):
+        del seen[server]
     for server in servers:
-        seen.setdefault(server, now)
-    unfinished = await task_runs(
-        client, state={"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}
-    )
-    runs = [run for run in unfinished if run.state]  # None: being written right now
+        seen.setdefault(server, datetime.now(UTC))
+    states = {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}
+    runs = [run for run in await task_runs(client, state=states) if run.state]  # None: moving
     served = set().union(*servers.values())
     check = Pass(client, opts, seen)
     lost = await check.lost([run for run in runs if run.task_key in served], servers)
@@ -229,9 +197,7 @@ async def reconcile(client: PrefectClient, opts: argparse.Namespace, seen: dict)
     for key in sorted({run.task_key for run in unserved}):
         count = sum(run.task_key == key for run in unserved)
         logger.warning(f"no task server serves {key} right now: {count} runs left as they are")
-    requeued = 0
-    for run in lost:
-        requeued += await requeue(client, run)
+    requeued = sum([await requeue(client, run) for run in lost])
     logger.info(f"pass: {len(runs)} unfinished, {len(lost)} lost, {requeued} re-enqueued")
     return requeued
 

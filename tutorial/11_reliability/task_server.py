@@ -82,6 +82,7 @@ async def serve_until_signalled(*tasks, limit: int, grace: float) -> None:
         await asyncio.wait([receiver, stopped], return_when=asyncio.FIRST_COMPLETED)
         if receiver.done():
             receiver.result()  # the subscription failed: raise its error
+        # region stop
         logger.info(f"Stopping: no new runs; waiting for {len(in_flight)} in flight")
 
         # Between two runs the receiver only waits for a slot: cancelling it is safe. While
@@ -99,6 +100,7 @@ async def serve_until_signalled(*tasks, limit: int, grace: float) -> None:
             if unfinished:
                 logger.warning(f"{len(unfinished)} runs still running after {grace:.0f} s")
                 os._exit(1)  # their threads cannot be stopped; they stay Running
+        # endregion stop
         beating.cancel()
     logger.info("Stopped: every run it took has finished")
 

@@ -25,6 +25,7 @@ def ledger() -> sqlite3.Connection:
     return db
 
 
+# region charge
 @task
 def charge_order(order_id: str, amount_cents: int) -> str:
     time.sleep(float(LATENCY) if LATENCY else random.uniform(0.1, 0.5))
@@ -44,3 +45,4 @@ def charge_order(order_id: str, amount_cents: int) -> str:
     finally:
         db.close()
     return f"{order_id}: {'charged' if applied else 'already charged'}"
+    # endregion charge
