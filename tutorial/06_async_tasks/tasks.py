@@ -1,21 +1,12 @@
 import asyncio
-import os
-import threading
-import time
 
 from prefect import task
 
 
-@task
-async def fetch_report(report_id: int) -> dict:
-    started = time.time()
+@task(log_prints=True)
+async def fetch_report(report_id: int) -> str:
+    print(f"fetching report {report_id}")
     # Stands in for a slow call made with an async client (httpx.AsyncClient, asyncpg, ...).
     # While this run awaits, the task server's event loop runs the others.
     await asyncio.sleep(5)
-    return {
-        "report": report_id,
-        "pid": os.getpid(),
-        "thread": threading.get_ident(),
-        "started": started,
-        "ended": time.time(),
-    }
+    return f"report {report_id}"
