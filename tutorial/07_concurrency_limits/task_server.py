@@ -16,8 +16,7 @@ if __name__ == "__main__":
             try:
                 client.upsert_global_concurrency_limit_by_name(name, **values)
             except ObjectAlreadyExists:
-                # Another task server created it between this upsert's read and its
-                # create. It exists now: upsert again to set these values.
+                # Another task server created it between our read and create: update it.
                 client.upsert_global_concurrency_limit_by_name(name, **values)
 
     # This server alone could run 10 at once; the global limits are what bind.
