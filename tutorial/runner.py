@@ -548,6 +548,10 @@ def cmd_run(steps: list[Step]) -> None:
         say(f"Browse the runs in the UI: {server.ui_url}/runs")
 
 
+# The key the lessons use for the app's one client when run by hand, on 127.0.0.1 only.
+DEMO_KEY = "local-demo-key-not-secret"
+
+
 def cmd_server(step: Step) -> None:
     if step.stack:
         python = "uv run python" if os.environ.get("UV") else "python"
@@ -559,18 +563,23 @@ def cmd_server(step: Step) -> None:
     say()
     say(f"Prefect UI: {server.ui_url}")
     say(f"Follow {step.name} by hand: each command in a terminal of its own, from the repo root.")
-    terminal = 2 if server.process else 1
+    say("(In each, `export DO_NOT_TRACK=1` first: the README says why.)")
+    if not server.process:
+        say(f"  terminal 1:  the Prefect server, already running at {server.api_url}")
+    terminal = 2
     for script in step.task_servers:
         say(f"  terminal {terminal}:  cd {ROOT} && {python} {_show(script)}")
         terminal += 1
     key = ""
     if step.api:
         uvicorn = "uv run uvicorn" if os.environ.get("UV") else "uvicorn"
-        key = secrets.token_urlsafe(24)  # the app's one client: submit.py
-        app = f"JOBS_API_KEYS=submit={key} {uvicorn} --app-dir {_show(step.path)} api:app"
+        app = f"{uvicorn} --app-dir {_show(step.path)} api:app"
+        if "JOBS_API_KEYS" in step.api.read_text():
+            # The lesson's demo client and key, so its curl commands work as printed there.
+            app = f"JOBS_API_KEYS=me={DEMO_KEY} {app}"
+            key = f"JOBS_API_KEY={DEMO_KEY} "
         say(f"  terminal {terminal}:  cd {ROOT} && {app}")
         terminal += 1
-        key = f"JOBS_API_KEY={key} "
     say(f"  terminal {terminal}:  cd {ROOT} && {key}{python} {_show(step.path / 'submit.py')}")
     if not server.process:
         return
