@@ -31,7 +31,7 @@ def client_settings(prefect_server: PrefectServer):
 @pytest.fixture(scope="module")
 def one_task_server(prefect_server: PrefectServer):
     """One task server for the tests that only need the tasks served."""
-    process = prefect_server.spawn(HERE / "waiting_task_server.py")
+    process = prefect_server.spawn(HERE / "pinned_task_server.py")
     try:
         wait_until_subscribed(prefect_server.api_url, process)
         yield process
@@ -45,7 +45,7 @@ def served(client_settings, one_task_server):
 
 
 def test_a_cached_run_is_seen_as_soon_as_it_ends(served):
-    from waiting_tasks import double
+    from pinned_tasks import double
 
     x = uuid.uuid4().int % 10**9
     assert result_of(double.delay(x), timeout=TIMEOUT) == 2 * x
@@ -61,10 +61,10 @@ def test_future_result_hears_a_cached_run_only_when_its_timeout_is_up(client_set
     """The gap result_of closes: result() listens for events named after final state types,
     and a Cached run's event is named Cached. If Prefect ever hears it, this test fails and
     the workaround can go."""
-    from waiting_tasks import square
+    from pinned_tasks import square
 
     x = uuid.uuid4().int % 10**9
-    served = task_server(HERE / "waiting_task_server.py", TASKS="square")
+    served = task_server(HERE / "pinned_task_server.py", TASKS="square")
     assert result_of(square.delay(x), timeout=TIMEOUT) == x * x
     served.stop()
 
@@ -82,7 +82,7 @@ def test_future_result_hears_a_cached_run_only_when_its_timeout_is_up(client_set
     started = time.monotonic()
     waiting.start()
     try:
-        task_server(HERE / "waiting_task_server.py", TASKS="square")
+        task_server(HERE / "pinned_task_server.py", TASKS="square")
         assert final_state(future, timeout=TIMEOUT).name == "Cached"
         ended_after = time.monotonic() - started
         still_waiting = waiting.is_alive()
@@ -94,7 +94,7 @@ def test_future_result_hears_a_cached_run_only_when_its_timeout_is_up(client_set
 
 
 def test_a_timed_out_run_raises_its_failure_as_soon_as_it_ends(served):
-    from waiting_tasks import too_slow
+    from pinned_tasks import too_slow
 
     future = too_slow.delay()
     started = time.monotonic()
@@ -105,7 +105,7 @@ def test_a_timed_out_run_raises_its_failure_as_soon_as_it_ends(served):
 
 
 def test_a_failed_run_raises_its_exception_or_returns_it(served):
-    from waiting_tasks import fails
+    from pinned_tasks import fails
 
     future = fails.delay()
     with pytest.raises(ValueError, match="no luck"):
@@ -115,7 +115,7 @@ def test_a_failed_run_raises_its_exception_or_returns_it(served):
 
 
 def test_the_async_twin_returns_the_same(served):
-    from waiting_tasks import double
+    from pinned_tasks import double
 
     assert asyncio.run(result_of_async(double.delay(21), timeout=TIMEOUT)) == 42
 
@@ -141,13 +141,13 @@ def test_the_no_state_moment_is_waited_out(
     future.result() raises at once, result_of keeps waiting until the server writes the
     state on its next try. If Prefect ever makes the two writes one transaction, the run
     reads Running instead and this test fails: then the workaround can go."""
-    from waiting_tasks import double
+    from pinned_tasks import double
 
     future = double.delay(uuid.uuid4().int % 10**9)  # no task server yet: it waits, Scheduled
     run_id = str(future.task_run_id)
     held_back = f"NEW.task_run_id = '{run_id}' AND NEW.type = 'COMPLETED'"
     with prefect_server.states_held_back(held_back):
-        task_server(HERE / "waiting_task_server.py")
+        task_server(HERE / "pinned_task_server.py")
         run = wait_for(
             lambda: prefect_server.task_run(run_id),
             lambda run: run["state_type"] == "COMPLETED",

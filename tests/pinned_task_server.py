@@ -1,9 +1,9 @@
 import os
 
-import waiting_tasks
+import pinned_tasks
 from prefect.task_worker import serve
 
 if __name__ == "__main__":
     # TASKS names the tasks to serve (default: all but square, which one test serves alone).
     names = os.environ.get("TASKS", "double,fails,too_slow").split(",")
-    serve(*(getattr(waiting_tasks, name) for name in names))
+    serve(*(getattr(pinned_tasks, name) for name in names))

@@ -1,0 +1,46 @@
+"""Prefect behaviours the lessons warn about that no step's tests pin otherwise (see
+tutorial/SURPRISES.md). Each test fails the day Prefect changes the behaviour."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from harness import PrefectServer, wait_for
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+from tutorial.waiting import result_of
+
+HERE = Path(__file__).parent
+
+
+def run_logs(server: PrefectServer, run_id: str) -> list[str]:
+    body = {"logs": {"task_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"}
+    return [log["message"] for log in server.api("POST", "/logs/filter", json=body)]
+
+
+def test_log_prints_loses_the_prints_of_a_run_that_outlives_another(prefect_server, task_server):
+    """log_prints swaps the built-in print for the duration of a run and puts back what it
+    found when the run ends: when a short run ends while a long one is running, the long
+    run's later prints go to the terminal only, not to its logs in the API."""
+    tag = uuid.uuid4().hex[:6]
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with temporary_settings(settings):
+        from pinned_tasks import shout
+
+        # Both wait until the task server starts, so they run side by side.
+        short = shout.delay(f"short-{tag}", 1)
+        long = shout.delay(f"long-{tag}", 4)
+        task_server(HERE / "pinned_task_server.py", TASKS="shout")
+        result_of(short, timeout=120)
+        result_of(long, timeout=120)
+
+    long_logs = wait_for(
+        lambda: run_logs(prefect_server, str(long.task_run_id)),
+        lambda logs: f"long-{tag} is done" in logs,
+        what="the long run's logger line never reached the API",
+    )
+    assert f"long-{tag} starts" in long_logs
+    assert f"long-{tag} ends" not in long_logs, "Prefect kept the print: the surprise is gone"
+    short_logs = run_logs(prefect_server, str(short.task_run_id))
+    assert f"short-{tag} starts" in short_logs and f"short-{tag} ends" in short_logs
