@@ -17,7 +17,15 @@ from typing import Any
 
 import httpx
 
-from tutorial.runner import ROOT, Process, Step, free_port, server_is_up, uvicorn_argv
+from tutorial.runner import (
+    ROOT,
+    Process,
+    Step,
+    free_port,
+    server_is_up,
+    uvicorn_argv,
+    wait_until_subscribed,
+)
 
 STEPS_DIR = ROOT / "tutorial"
 SERVER_START_TIMEOUT = 180.0
@@ -164,6 +172,17 @@ class PrefectServer:
         return Process(
             script.stem, [sys.executable, str(script)], env={**self.env, **env}, echo=False
         )
+
+    @contextmanager
+    def serving(self, script: Path, **env: str) -> Iterator[Process]:
+        """A task server for as long as the block runs, from when the API lists it as
+        subscribed; for a module that shares one (a fixture scoped to the module)."""
+        process = self.spawn(script, **env)
+        try:
+            wait_until_subscribed(self.api_url, process)
+            yield process
+        finally:
+            process.stop()
 
     def spawn_api(self, step: Path, port: int | None = None, **env: str) -> tuple[Process, str]:
         """Serve a step's api.py with uvicorn (on a free port unless given one); returns the

@@ -7,8 +7,6 @@ from datetime import datetime
 import pytest
 from harness import UUID, load_module, step_dir, wait_for
 
-from tutorial.runner import wait_until_subscribed
-
 STEP = step_dir(4)
 # retry_jitter_factor=0.5 draws each delay between these multiples of the configured one.
 JITTER_LOW = 0.629
@@ -17,12 +15,8 @@ JITTER_LOW = 0.629
 @pytest.fixture(scope="module")
 def served(prefect_server):
     """One task server for the module: the tests tell their runs apart by id."""
-    process = prefect_server.spawn(STEP / "task_server.py")
-    try:
-        wait_until_subscribed(prefect_server.api_url, process)
+    with prefect_server.serving(STEP / "task_server.py") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def outcome(output: str, call: str) -> dict[str, str]:

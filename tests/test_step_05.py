@@ -20,8 +20,6 @@ from prefect.settings import (
 )
 from prefect.task_worker import TaskWorker
 
-from tutorial.runner import wait_until_subscribed
-
 STEP = step_dir(5)
 LINE = re.compile(r"^(?P<call>\w+\(.*\)): (?P<state>\w+) -> (?P<result>.+)$")
 RECEIVED = re.compile(rf"Received task run: ({UUID}) - (\w+)$")
@@ -37,12 +35,8 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(prefect_server, home):
     """One task server for the module, on that home."""
-    process = prefect_server.spawn(STEP / "task_server.py", PREFECT_HOME=str(home))
-    try:
-        wait_until_subscribed(prefect_server.api_url, process)
+    with prefect_server.serving(STEP / "task_server.py", PREFECT_HOME=str(home)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def outcomes(output: str) -> list[dict[str, str]]:

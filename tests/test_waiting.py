@@ -14,7 +14,6 @@ from harness import PrefectServer, wait_for
 from prefect.exceptions import FailedRun
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from tutorial.runner import wait_until_subscribed
 from tutorial.waiting import final_state, result_of, result_of_async
 
 HERE = Path(__file__).parent
@@ -31,12 +30,8 @@ def client_settings(prefect_server: PrefectServer):
 @pytest.fixture(scope="module")
 def one_task_server(prefect_server: PrefectServer):
     """One task server for the tests that only need the tasks served."""
-    process = prefect_server.spawn(HERE / "pinned_task_server.py")
-    try:
-        wait_until_subscribed(prefect_server.api_url, process)
+    with prefect_server.serving(HERE / "pinned_task_server.py") as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
