@@ -21,19 +21,29 @@ def run_logs(server: PrefectServer, run_id: str) -> list[str]:
 
 def test_log_prints_loses_the_prints_of_a_run_that_outlives_another(prefect_server, task_server):
     """log_prints swaps the built-in print for the duration of a run and puts back what it
-    found when the run ends: when a short run ends while a long one is running, the long
+    found when the run ends: when a run ends while one that started after it still runs, that
     run's later prints go to the terminal only, not to its logs in the API."""
     tag = uuid.uuid4().hex[:6]
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
     with temporary_settings(settings):
         from pinned_tasks import shout
 
-        # Both wait until the task server starts, so they run side by side.
-        short = shout.delay(f"short-{tag}", 1)
-        long = shout.delay(f"long-{tag}", 4)
         task_server(HERE / "pinned_task_server.py", TASKS="shout")
+        short = shout.delay(f"short-{tag}", 3)
+        # The long run starts second (two runs delivered together may start in either
+        # order), while the short one runs, and ends after it.
+        wait_for(
+            lambda: (prefect_server.task_run(str(short.task_run_id))["state"] or {}).get("type"),
+            lambda state: state in ("RUNNING", "COMPLETED"),
+            what="the short run never started",
+        )
+        long = shout.delay(f"long-{tag}", 6)
         result_of(short, timeout=120)
         result_of(long, timeout=120)
+        short_run = prefect_server.task_run(str(short.task_run_id))
+        long_run = prefect_server.task_run(str(long.task_run_id))
+        assert short_run["end_time"] < long_run["end_time"]
+        assert long_run["start_time"] < short_run["end_time"], "they did not overlap"
 
     long_logs = wait_for(
         lambda: run_logs(prefect_server, str(long.task_run_id)),
