@@ -450,14 +450,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
-    parser.add_argument("--n", type=int, help="no-op jobs per setup (default 200, quick 20)")
-    parser.add_argument("--pauses", type=int, help="50 ms jobs per setup (default 100, quick 20)")
+    parser.add_argument("--n", type=int, help="no-op jobs per setup (default 200, quick 10)")
+    parser.add_argument("--pauses", type=int, help="50 ms jobs per setup (default 100, quick 10)")
     parser.add_argument("--requests", type=int, help="POST /jobs per client (default 3, quick 1)")
     parser.add_argument("--setups", default=",".join(SETUPS), help="which, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/.png go")
     parser.add_argument("--logs", type=Path, help="keep every process's log in this folder")
     args = parser.parse_args(argv)
-    config = Config(noops=20, pauses=20, requests_per_client=1) if args.quick else Config()
+    quick = Config(noops=10, pauses=10, clients=10, requests_per_client=1)
+    config = quick if args.quick else Config()
     if args.n is not None:
         config.noops = args.n
     if args.pauses is not None:

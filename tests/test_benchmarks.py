@@ -15,8 +15,8 @@ from benchmarks.measure import percentile
 from benchmarks.run import README, RESULTS, SETUPS, all_done, parse_args, postgres_installed
 from tutorial.runner import ROOT
 
-QUICK = {"noop": 20, "pause": 20}
-CLIENTS = 20
+QUICK = {"noop": 10, "pause": 10}
+CLIENTS = 10
 PHASE_KEYS = {
     *("submit_ms_p50", "submit_ms_p99", "submits_per_s", "e2e_s", "tasks_per_s"),
     *("queue_ms_p50", "queue_ms_p95"),
@@ -83,7 +83,7 @@ def test_a_setup_with_a_missing_job_is_not_done():
 
 def test_counts_can_be_chosen():
     _, config = parse_args(["--quick", "--n", "7"])
-    assert (config.noops, config.pauses, config.requests_per_client) == (7, 20, 1)
+    assert (config.noops, config.pauses, config.requests_per_client) == (7, 10, 1)
     _, config = parse_args([])
     assert (config.noops, config.concurrency, config.clients) == (200, 10, 20)
 
