@@ -13,6 +13,19 @@ from tutorial.runner import Process, wait_until_answering, wait_until_subscribed
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+# The longest test files start first, so that neither test process is left with one of them
+# at the end while the other has nothing to do (pytest-xdist hands out whole files in order).
+LONGEST_FIRST = ["test_step_11.py", "test_benchmarks.py", "test_runner.py", "test_step_12.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the others, the order stays
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """One real Prefect server for the whole session, on a free port, with its own home."""
