@@ -32,3 +32,9 @@ def shout(name: str, seconds: float) -> None:
     time.sleep(seconds)
     print(f"{name} ends")
     get_run_logger().info(f"{name} is done")  # the run's logger is never lost
+
+
+@task
+def nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return "finished"

@@ -54,3 +54,41 @@ def test_log_prints_loses_the_prints_of_a_run_that_outlives_another(prefect_serv
     assert f"long-{tag} ends" not in long_logs, "Prefect kept the print: the surprise is gone"
     short_logs = run_logs(prefect_server, str(short.task_run_id))
     assert f"short-{tag} starts" in short_logs and f"short-{tag} ends" in short_logs
+
+
+def test_a_cancelled_background_run_still_runs_to_completion(prefect_server, task_server):
+    """Task servers never watch for cancellation: a run set Cancelled while it waits in the
+    queue is delivered and run all the same, and a running one set Cancelling runs to its end.
+    Both end Completed, over the state the API accepted."""
+
+    def state_of(future) -> str | None:
+        state = prefect_server.task_run(str(future.task_run_id))["state"]
+        return state and state["type"]
+
+    def set_state(run_id: str, state_type: str) -> None:
+        body = {"state": {"type": state_type}, "force": True}
+        answer = prefect_server.api("POST", f"/task_runs/{run_id}/set_state", json=body)
+        assert answer["status"] == "ACCEPT", answer
+
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with temporary_settings(settings):
+        from pinned_tasks import nap
+
+        queued = nap.delay(1)  # nobody serves nap yet: it waits in the queue
+        set_state(str(queued.task_run_id), "CANCELLED")
+        task_server(HERE / "pinned_task_server.py", TASKS="nap")
+        # Cancelled is a final state: wait for the one after it, not for any final state.
+        wait_for(lambda: state_of(queued) == "COMPLETED", timeout=120, what="not run")
+        assert result_of(queued, timeout=120) == "finished"
+
+        running = nap.delay(4)
+        wait_for(lambda: state_of(running) == "RUNNING", timeout=120, what="never started")
+        set_state(str(running.task_run_id), "CANCELLING")
+        assert result_of(running, timeout=120) == "finished"
+
+    assert prefect_server.state_names(str(queued.task_run_id)) == [
+        *("Scheduled", "Cancelled", "Pending", "Running", "Completed")
+    ]
+    assert prefect_server.state_names(str(running.task_run_id))[-3:] == [
+        *("Running", "Cancelling", "Completed")
+    ]
