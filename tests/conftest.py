@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from harness import PrefectServer
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from tutorial.runner import Process, wait_until_answering, wait_until_subscribed
 
@@ -31,6 +32,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     """One real Prefect server for the whole session, on a free port, with its own home."""
     with PrefectServer.start(tmp_path_factory.mktemp("prefect-home")) as server:
         yield server
+
+
+@pytest.fixture
+def client_settings(prefect_server: PrefectServer) -> Iterator[None]:
+    """.delay() and the other client calls in the test itself talk to the session's server."""
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
+    with temporary_settings(settings):
+        yield
 
 
 @pytest.fixture

@@ -132,6 +132,11 @@ class PrefectServer:
     def task_run(self, task_run_id: str) -> dict[str, Any]:
         return self.api("GET", f"/task_runs/{task_run_id}")
 
+    def state_type(self, task_run_id: str) -> str | None:
+        """COMPLETED, RUNNING, ...; None for the moment the server writes a new state."""
+        state = self.task_run(task_run_id)["state"]
+        return state and state["type"]
+
     def state_names(self, task_run_id: str) -> list[str]:
         """The run's state history, oldest first, as the UI shows it."""
         states = self.api("GET", "/task_run_states/", params={"task_run_id": task_run_id})

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 from harness import PrefectServer, wait_for
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from tutorial.waiting import result_of
 
@@ -19,31 +18,31 @@ def run_logs(server: PrefectServer, run_id: str) -> list[str]:
     return [log["message"] for log in server.api("POST", "/logs/filter", json=body)]
 
 
-def test_log_prints_loses_the_prints_of_a_run_that_outlives_another(prefect_server, task_server):
+def test_log_prints_loses_the_prints_of_a_run_that_outlives_another(
+    prefect_server, client_settings, task_server
+):
     """log_prints swaps the built-in print for the duration of a run and puts back what it
     found when the run ends: when a run ends while one that started after it still runs, that
     run's later prints go to the terminal only, not to its logs in the API."""
-    tag = uuid.uuid4().hex[:6]
-    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
-    with temporary_settings(settings):
-        from pinned_tasks import shout
+    from pinned_tasks import shout
 
-        task_server(HERE / "pinned_task_server.py", TASKS="shout")
-        short = shout.delay(f"short-{tag}", 3)
-        # The long run starts second (two runs delivered together may start in either
-        # order), while the short one runs, and ends after it.
-        wait_for(
-            lambda: (prefect_server.task_run(str(short.task_run_id))["state"] or {}).get("type"),
-            lambda state: state in ("RUNNING", "COMPLETED"),
-            what="the short run never started",
-        )
-        long = shout.delay(f"long-{tag}", 6)
-        result_of(short, timeout=120)
-        result_of(long, timeout=120)
-        short_run = prefect_server.task_run(str(short.task_run_id))
-        long_run = prefect_server.task_run(str(long.task_run_id))
-        assert short_run["end_time"] < long_run["end_time"]
-        assert long_run["start_time"] < short_run["end_time"], "they did not overlap"
+    tag = uuid.uuid4().hex[:6]
+    task_server(HERE / "pinned_task_server.py", TASKS="shout")
+    short = shout.delay(f"short-{tag}", 3)
+    # The long run starts second (two runs delivered together may start in either
+    # order), while the short one runs, and ends after it.
+    wait_for(
+        lambda: prefect_server.state_type(str(short.task_run_id)),
+        lambda state: state in ("RUNNING", "COMPLETED"),
+        what="the short run never started",
+    )
+    long = shout.delay(f"long-{tag}", 6)
+    result_of(short, timeout=120)
+    result_of(long, timeout=120)
+    short_run = prefect_server.task_run(str(short.task_run_id))
+    long_run = prefect_server.task_run(str(long.task_run_id))
+    assert short_run["end_time"] < long_run["end_time"]
+    assert long_run["start_time"] < short_run["end_time"], "they did not overlap"
 
     long_logs = wait_for(
         lambda: run_logs(prefect_server, str(long.task_run_id)),
@@ -56,35 +55,34 @@ def test_log_prints_loses_the_prints_of_a_run_that_outlives_another(prefect_serv
     assert f"short-{tag} starts" in short_logs and f"short-{tag} ends" in short_logs
 
 
-def test_a_cancelled_background_run_still_runs_to_completion(prefect_server, task_server):
+def test_a_cancelled_background_run_still_runs_to_completion(
+    prefect_server, client_settings, task_server
+):
     """Task servers never watch for cancellation: a run set Cancelled while it waits in the
     queue is delivered and run all the same, and a running one set Cancelling runs to its end.
     Both end Completed, over the state the API accepted."""
 
     def state_of(future) -> str | None:
-        state = prefect_server.task_run(str(future.task_run_id))["state"]
-        return state and state["type"]
+        return prefect_server.state_type(str(future.task_run_id))
 
     def set_state(run_id: str, state_type: str) -> None:
         body = {"state": {"type": state_type}, "force": True}
         answer = prefect_server.api("POST", f"/task_runs/{run_id}/set_state", json=body)
         assert answer["status"] == "ACCEPT", answer
 
-    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
-    with temporary_settings(settings):
-        from pinned_tasks import nap
+    from pinned_tasks import nap
 
-        queued = nap.delay(1)  # nobody serves nap yet: it waits in the queue
-        set_state(str(queued.task_run_id), "CANCELLED")
-        task_server(HERE / "pinned_task_server.py", TASKS="nap")
-        # Cancelled is a final state: wait for the one after it, not for any final state.
-        wait_for(lambda: state_of(queued) == "COMPLETED", timeout=120, what="not run")
-        assert result_of(queued, timeout=120) == "finished"
+    queued = nap.delay(1)  # nobody serves nap yet: it waits in the queue
+    set_state(str(queued.task_run_id), "CANCELLED")
+    task_server(HERE / "pinned_task_server.py", TASKS="nap")
+    # Cancelled is a final state: wait for the one after it, not for any final state.
+    wait_for(lambda: state_of(queued) == "COMPLETED", timeout=120, what="not run")
+    assert result_of(queued, timeout=120) == "finished"
 
-        running = nap.delay(4)
-        wait_for(lambda: state_of(running) == "RUNNING", timeout=120, what="never started")
-        set_state(str(running.task_run_id), "CANCELLING")
-        assert result_of(running, timeout=120) == "finished"
+    running = nap.delay(4)
+    wait_for(lambda: state_of(running) == "RUNNING", timeout=120, what="never started")
+    set_state(str(running.task_run_id), "CANCELLING")
+    assert result_of(running, timeout=120) == "finished"
 
     assert prefect_server.state_names(str(queued.task_run_id)) == [
         *("Scheduled", "Cancelled", "Pending", "Running", "Completed")

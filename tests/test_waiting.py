@@ -12,19 +12,11 @@ from pathlib import Path
 import pytest
 from harness import PrefectServer, wait_for
 from prefect.exceptions import FailedRun
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from tutorial.waiting import final_state, result_of, result_of_async
 
 HERE = Path(__file__).parent
 TIMEOUT = 60
-
-
-@pytest.fixture
-def client_settings(prefect_server: PrefectServer):
-    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
-    with temporary_settings(settings):
-        yield
 
 
 @pytest.fixture(scope="module")
