@@ -330,6 +330,7 @@ def test_openapi_documents_the_models(app):
     assert schemas["Job"]["properties"]["status"]["enum"] == [
         "queued",
         "running",
+        "cancelling",
         "completed",
         "failed",
         "cancelled",
@@ -358,6 +359,9 @@ def test_openapi_documents_the_models(app):
         "/Problem"
     )
     assert {"200", "401", "404", "422", "503"} == set(get["responses"])
+    delete = spec["paths"]["/jobs/{job_id}"]["delete"]
+    assert {"202", "401", "404", "409", "422", "503"} == set(delete["responses"])
+    assert delete["security"] == [{"HTTPBearer": []}]
     assert "security" not in spec["paths"]["/health"]["get"]
 
 
@@ -399,6 +403,7 @@ def test_every_request_but_health_needs_a_clients_key(prefect_server, app):
             for method, path, body in [
                 ("POST", "/jobs", ENGLISH),
                 ("GET", f"/jobs/{uuid.uuid4()}", None),
+                ("DELETE", f"/jobs/{uuid.uuid4()}", None),
             ]:
                 response = client.request(method, path, json=body, headers=headers)
                 assert response.status_code == 401, (headers, path, response.text)

@@ -16,9 +16,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prefect import tags
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.client.schemas.objects import State, StateType, TaskRun
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import get_current_settings
+from prefect.states import Cancelling
 from pydantic import BaseModel, Field
 
 from tasks import Document, DocumentScore, score_document
@@ -39,7 +41,7 @@ RETRY_AFTER = "5"
 # client. Any other failure (a bug, a crash) may carry internals: the client gets none of it.
 CLIENT_ERROR = "Task run encountered an exception ValueError: "
 
-JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "cancelling", "completed", "failed", "cancelled"]
 
 # Our own small vocabulary, so clients never depend on Prefect's state names.
 STATUS: dict[StateType, JobStatus] = {
@@ -50,8 +52,8 @@ STATUS: dict[StateType, JobStatus] = {
     StateType.COMPLETED: "completed",  # also Prefect's "Cached"
     StateType.FAILED: "failed",  # also "TimedOut"
     StateType.CRASHED: "failed",
-    StateType.CANCELLING: "cancelled",
-    StateType.CANCELLED: "cancelled",
+    StateType.CANCELLING: "cancelling",  # asked to stop: it runs to its next checkpoint
+    StateType.CANCELLED: "cancelled",  # stopped
 }
 
 
@@ -82,6 +84,7 @@ POST_ANSWERS = {
     503: UNAVAILABLE,
 }
 GET_ANSWERS = {401: UNAUTHORIZED, 404: problem("No such job"), 503: UNAVAILABLE}
+DELETE_ANSWERS = {**GET_ANSWERS, 409: problem("The job has already completed or failed")}
 
 
 # --- clients and their keys -----------------------------------------------------------
@@ -255,6 +258,26 @@ async def read_own_run(prefect: PrefectClient, job_id: UUID, client: str) -> Tas
     # endregion read
 
 
+# region cancel
+@app.delete("/jobs/{job_id}", status_code=202, responses=DELETE_ANSWERS)
+async def cancel_job(job_id: UUID, request: Request, client: Client) -> Job:
+    """Ask the job to stop. It reads "cancelling" until the task server has stopped it at its
+    next checkpoint ("cancelled"), or "completed" if it finished first."""
+    prefect = request.app.state.prefect
+    with prefect_or_503():
+        if await read_own_run(prefect, job_id, client) is None:
+            raise HTTPException(status_code=404, detail="job not found")
+        # Prefect stops nothing: Cancelling is a request the task reads at its checkpoints.
+        # Not forced, so Prefect refuses it for a run that has already ended.
+        cancelling = Cancelling(message=f"cancelled by {client}")
+        outcome = await prefect.set_task_run_state(job_id, cancelling)
+        job = await describe(prefect, await prefect.read_task_run(job_id))
+    if outcome.status != SetStateStatus.ACCEPT and job.status != "cancelled":
+        raise HTTPException(status_code=409, detail=f"the job has already {job.status}")
+    return job
+    # endregion cancel
+
+
 async def describe(prefect: PrefectClient, run: TaskRun) -> Job:
     # Read the state once and answer: never wait for the run here.
     state = run.state
@@ -264,6 +287,8 @@ async def describe(prefect: PrefectClient, run: TaskRun) -> Job:
         recorded = await prefect.read_task_run_states(run.id)
         state = recorded[-1] if recorded else None
 
+    if state and STATUS[state.type] in ("running", "cancelling"):
+        state = await in_flight(prefect, run.id)
     job = Job(id=run.id, status=STATUS[state.type] if state else "queued")
     if state and state.name == "AwaitingRetry":
         job.status = "running"  # a retry happens in place, on the same task server
@@ -278,3 +303,16 @@ async def describe(prefect: PrefectClient, run: TaskRun) -> Job:
         message = state.message or ""
         job.error = message if message.startswith(CLIENT_ERROR) else "the job failed"
     return job
+
+
+async def in_flight(prefect: PrefectClient, run_id: UUID) -> State:
+    """The state that tells how a run in flight stands. A run cancelled in the queue is still
+    handed to a task server, which records Pending and Running over its Cancelling; and an
+    end the task server reported just before our Cancelling can be recorded after it, in the
+    run's history only."""
+    states = await prefect.read_task_run_states(run_id)  # oldest first
+    queued = [i for i, state in enumerate(states) if state.type == StateType.SCHEDULED]
+    latest = states[queued[-1] if queued else 0 :]  # since it was last queued
+    ended = [state for state in latest if state.is_final()]
+    cancelling = [state for state in latest if state.type == StateType.CANCELLING]
+    return (ended or cancelling or latest)[-1]

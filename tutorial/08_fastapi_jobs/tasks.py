@@ -1,7 +1,10 @@
 import re
 import time
 
-from prefect import task
+from prefect import get_client, task
+from prefect.client.schemas.objects import StateType
+from prefect.context import TaskRunContext
+from prefect.states import Cancelled, State
 from pydantic import BaseModel, Field
 
 # A small sample of very common English words: the scorer only knows English.
@@ -36,11 +39,15 @@ def syllables(word: str) -> int:
     return max(1, len(re.findall(r"[aeiouy]+", word.lower().removesuffix("e"))))
 
 
+def count_sentences(text: str) -> int:
+    return max(1, len(re.findall(r"[.!?]+", text)))
+
+
 def readability(document: Document) -> DocumentScore:
     words = re.findall(r"[A-Za-z']+", document.text)
     if not words or sum(w.lower() in COMMON_WORDS for w in words) / len(words) < 0.05:
         raise ValueError(f"{document.title!r} does not look like English text")
-    sentences = max(1, len(re.findall(r"[.!?]+", document.text)))
+    sentences = count_sentences(document.text)
     per_word = sum(syllables(w) for w in words) / len(words)
     return DocumentScore(
         title=document.title,
@@ -51,10 +58,29 @@ def readability(document: Document) -> DocumentScore:
     )
 
 
+# region checkpoint
+def cancel_requested() -> bool:
+    """Has someone asked to cancel this run (DELETE /jobs/{id} marks it Cancelling)?
+    Prefect never stops a background run itself: the task asks, between pieces of its work.
+    Each call reads the run's states from the Prefect API: ask every second or so."""
+    context = TaskRunContext.get()
+    if context is None:  # called as a plain function (score_document.fn): nothing to cancel
+        return False
+    with get_client(sync_client=True) as prefect:
+        states = prefect.read_task_run_states(context.task_run.id)
+    # The whole history: a run cancelled in the queue is still handed to a task server,
+    # which records Pending and Running over its Cancelling.
+    return any(state.type == StateType.CANCELLING for state in states)
+    # endregion checkpoint
+
+
 # region task
 @task(log_prints=True)
-def score_document(document: Document) -> dict:
-    time.sleep(2)  # stands in for a slow model
+def score_document(document: Document) -> dict | State:
+    for _ in range(min(10, count_sentences(document.text))):  # a slow model: 1 s a sentence
+        if cancel_requested():  # a checkpoint before each piece of work: none is half done
+            return Cancelled(message="cancelled before it finished")
+        time.sleep(1)
     score = readability(document)  # ValueError for a text it cannot score: the job fails
     print(f"Scored {score.title!r}: {score.words} words, reading ease {score.reading_ease}")
     # Plain data in result storage: any version of the app can read it back.
