@@ -77,9 +77,10 @@ def test_runs_step_01_on_a_throwaway_server_and_leaves_nothing_running(tmp_path)
 
 # The runner runs every step the same way (task servers, then the app if the step has one,
 # then submit.py), so one step of each shape goes through it here: several task servers (03),
-# an app (08), an app with static files (09). Step 01 runs on a throwaway server above, step 12
-# (its own stack) in tests/test_step_12.py, and every step's own tests run its scripts.
-RUNNER_SHAPES = [s for s in find_steps() if s.number in (3, 8, 9)]
+# an app (08), an app with static files (09), an app loaded from another step's files (15).
+# Step 01 runs on a throwaway server above, step 12 (its own stack) in tests/test_step_12.py,
+# and every step's own tests run its scripts.
+RUNNER_SHAPES = [s for s in find_steps() if s.number in (3, 8, 9, 15)]
 
 
 @pytest.mark.parametrize("step", RUNNER_SHAPES, ids=lambda s: s.name)

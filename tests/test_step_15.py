@@ -1,0 +1,203 @@
+"""Step 15: DELETE /jobs/{id} cancels a job. Prefect stops no background run itself: the app
+marks the run Cancelling, the task stops at its next checkpoint, and the job reads "cancelled"
+only once it has stopped. A job that ends before its cancel lands reads as it ended."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+
+import pytest
+from harness import step_dir, wait_for
+from test_step_08 import KEYS, app_env, as_client, poll_job, post_job
+
+from tutorial.runner import wait_until_answering
+
+STEP = step_dir(15)
+REPORT = {"title": "Report", "text": "The year went well. " * 10}  # ten 1 s pieces of work
+NOTE = {"title": "Note", "text": "A short note."}  # one
+
+
+@pytest.fixture(scope="module")
+def app(prefect_server, tmp_path_factory):
+    """Step 15's app (step 08's, loaded as it is), shared by the module's tests. Each test
+    starts the step's task server (one job at a time) when it needs one."""
+    api, url = prefect_server.spawn_api(STEP, **app_env(tmp_path_factory.mktemp("step-15")))
+    try:
+        wait_until_answering(f"{url}/health", api)
+        yield url
+    finally:
+        api.stop()
+
+
+def seconds(state: dict) -> float:
+    return datetime.fromisoformat(state["timestamp"]).timestamp()
+
+
+def states(prefect_server, run_id: str) -> list[dict]:
+    found = prefect_server.api("GET", "/task_run_states/", params={"task_run_id": run_id})
+    return sorted(found, key=lambda state: state["timestamp"])
+
+
+def names(history: list[dict]) -> list[str]:
+    return [state["name"] for state in history]
+
+
+def did_no_work(history: list[dict]) -> bool:
+    """Each piece of the task's work takes 1 s: a run that did any was Running for 1 s."""
+    running, cancelled = history[-2], history[-1]
+    assert (running["name"], cancelled["name"]) == ("Running", "Cancelled"), names(history)
+    return seconds(cancelled) - seconds(running) < 1
+
+
+def runs_of(prefect_server, client: str) -> list[dict]:
+    body = {"task_runs": {"tags": {"all_": [f"client:{client}"]}}}
+    return prefect_server.api("POST", "/task_runs/filter", json=body)
+
+
+def test_submit_py_cancels_a_queued_job_and_a_running_one(prefect_server, app, task_server):
+    task_server(STEP / "task_server.py")
+    submit = prefect_server.run_script(STEP / "submit.py", API_URL=app, JOBS_API_KEY=KEYS["bob"])
+
+    assert submit.code == 0, submit.output
+    lines = [line for line in submit.output.splitlines() if not line.startswith(" ")]
+    assert lines == [
+        "Report A: running, Report B: queued",
+        "DELETE Report B: 202 cancelling",
+        "DELETE Report A: 202 cancelling",
+        "Report A: cancelled",
+        "Report B: cancelled",
+        "Note: completed",
+        "DELETE Note: 409 the job has already completed",
+    ], submit.output
+
+    # What Prefect holds for bob's three runs.
+    histories = [states(prefect_server, run["id"]) for run in runs_of(prefect_server, "bob")]
+    by_shape = {tuple(names(history)): history for history in histories}
+    assert sorted(by_shape) == sorted(
+        [
+            # Report A: cancelled while running, stopped at its next checkpoint, long
+            # before its ten seconds of work.
+            ("Scheduled", "Pending", "Running", "Cancelling", "Cancelled"),
+            # Report B: cancelled in the queue. Prefect still handed it to the task server,
+            # which ran it; the task's first checkpoint stopped it before any work.
+            ("Scheduled", "Cancelling", "Pending", "Running", "Cancelled"),
+            ("Scheduled", "Pending", "Running", "Completed"),  # the note
+        ]
+    )
+    report_a = by_shape["Scheduled", "Pending", "Running", "Cancelling", "Cancelled"]
+    assert seconds(report_a[-1]) - seconds(report_a[2]) < 5
+    assert did_no_work(by_shape["Scheduled", "Cancelling", "Pending", "Running", "Cancelled"])
+
+
+def test_a_job_cancelled_in_the_queue_reads_cancelling_until_a_task_server_stops_it(
+    prefect_server, app, task_server
+):
+    with as_client(app, "alice") as alice:
+        job_id = post_job(alice, REPORT).json()["id"]
+        # No task server yet: the run waits in the queue.
+        cancelled = alice.delete(f"/jobs/{job_id}")
+        assert cancelled.status_code == 202, cancelled.text
+        assert cancelled.json() == {
+            "id": job_id,
+            "status": "cancelling",
+            "result": None,
+            "error": None,
+        }
+        # Not "cancelled": the run is still in Prefect's queue and will be handed out.
+        assert alice.get(f"/jobs/{job_id}").json()["status"] == "cancelling"
+        assert prefect_server.state_type(job_id) == "CANCELLING"
+        again = alice.delete(f"/jobs/{job_id}")  # a client's retry: the same answer
+        assert (again.status_code, again.json()["status"]) == (202, "cancelling")
+
+        task_server(STEP / "task_server.py")
+        answers = poll_job(alice, f"/jobs/{job_id}")
+        # Never "running", though the task server did run it: it stopped at once.
+        assert {answer["status"] for answer in answers} <= {"cancelling", "cancelled"}
+        assert answers[-1] == {"id": job_id, "status": "cancelled", "result": None, "error": None}
+        late = alice.delete(f"/jobs/{job_id}")  # cancelling a cancelled job: done already
+        assert (late.status_code, late.json()["status"]) == (202, "cancelled")
+
+    history = states(prefect_server, job_id)
+    assert names(history)[:2] == ["Scheduled", "Cancelling"]
+    assert names(history)[-3:] == ["Pending", "Running", "Cancelled"]
+    assert did_no_work(history)
+
+
+def test_only_the_jobs_client_can_cancel_it(prefect_server, app):
+    with as_client(app, "alice") as alice, as_client(app, "bob") as bob:
+        job_id = post_job(alice, NOTE).json()["id"]
+        for unknown in (job_id, str(uuid.uuid4())):
+            response = bob.delete(f"/jobs/{unknown}")
+            assert response.status_code == 404, response.text
+            assert response.json() == {"detail": "job not found"}
+        malformed = bob.delete("/jobs/not-a-job")
+        assert malformed.status_code == 422
+        assert "valid UUID" in malformed.json()["detail"][0]["msg"]
+        # Bob's attempts changed nothing.
+        assert prefect_server.state_type(job_id) == "SCHEDULED"
+        assert alice.delete(f"/jobs/{job_id}").json()["status"] == "cancelling"
+
+
+def test_a_job_that_ended_cannot_be_cancelled(prefect_server, app, task_server):
+    task_server(STEP / "task_server.py")
+    german = {"title": "Hinweis", "text": "Die neue Version ist schneller."}
+    with as_client(app, "alice") as alice:
+        done = {
+            post_job(alice, NOTE).json()["id"]: "completed",
+            post_job(alice, german).json()["id"]: "failed",
+        }
+        for job_id, status in done.items():
+            before = poll_job(alice, f"/jobs/{job_id}")[-1]
+            assert before["status"] == status
+            history = names(states(prefect_server, job_id))
+
+            response = alice.delete(f"/jobs/{job_id}")
+            assert response.status_code == 409, response.text
+            assert response.json() == {"detail": f"the job has already {status}"}
+            # Prefect refused the Cancelling state: the run and the job are as they were.
+            assert names(states(prefect_server, job_id)) == history
+            assert alice.get(f"/jobs/{job_id}").json() == before
+
+
+def test_a_job_that_ends_before_its_cancel_is_recorded_reads_as_it_ended(
+    prefect_server, app, task_server
+):
+    """A task server reports each state as an event, which the Prefect server records a
+    moment later. A DELETE in that moment sees a running job, and Prefect accepts the
+    Cancelling state; the Completed state, older, is then recorded in the run's history but
+    not as its current state. The job must read "completed" with its result, not
+    "cancelling" forever. Here the moment is held open: the run's Completed state cannot
+    be written until the block ends."""
+    task_server(STEP / "task_server.py")
+    held_back = (
+        "NEW.type = 'COMPLETED' AND NEW.task_run_id IN"
+        " (SELECT id FROM task_run WHERE tags LIKE '%client:bob%')"
+    )
+    with as_client(app, "bob") as bob:
+        with prefect_server.states_held_back(held_back):
+            job_id = post_job(bob, NOTE).json()["id"]
+            wait_for(
+                lambda: prefect_server.task_run(job_id),
+                lambda run: run["state_type"] == "COMPLETED",
+                timeout=60,
+                what="the task server to report the job Completed",
+            )
+            response = bob.delete(f"/jobs/{job_id}")
+            assert (response.status_code, response.json()["status"]) == (202, "cancelling")
+
+        answers = poll_job(bob, f"/jobs/{job_id}")
+    assert answers[-1]["status"] == "completed", answers
+    assert answers[-1]["result"]["title"] == "Note"
+    # Prefect's own view: the current state is still Cancelling, the end is in the history.
+    assert prefect_server.state_type(job_id) == "CANCELLING"
+    assert names(states(prefect_server, job_id))[-2:] == ["Completed", "Cancelling"]
+
+
+def test_the_lesson_shows_step_08s_code(prefect_server):
+    """The step's api.py and tasks.py load step 08's files: nothing here is a copy."""
+    for name in ("api.py", "tasks.py"):
+        text = (STEP / name).read_text()
+        assert f'"08_fastapi_jobs" / "{name}"' in text
+        assert not re.search(r"^(async )?def ", text, re.M)
