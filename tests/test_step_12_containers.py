@@ -44,6 +44,9 @@ TEXT = "The new version is faster. It starts in half the time and uses less memo
 pytestmark = [
     pytest.mark.skipif(PODMAN is None, reason="podman is not installed (.ci/run installs it)"),
     pytest.mark.skipif(
+        shutil.which("runc") is None, reason="runc, the runtime podman runs here, is not installed"
+    ),
+    pytest.mark.skipif(
         PODMAN is not None
         and shutil.which("debootstrap") is None
         and subprocess.run([PODMAN, "image", "exists", BASE]).returncode != 0,
