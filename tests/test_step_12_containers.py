@@ -161,12 +161,11 @@ def build_images(tmp: Path) -> Images:
     app = f"localhost/prefect-background-tasks:step-12-{digest(*build_context_files())}"
     if not image_exists(app):
         build(app, STEP / "Dockerfile", ROOT, tmp, BASE_IMAGE=BASE, UV_IMAGE=uv)
-    # compose.yaml names the image without a hash: point that name at this build, and drop
-    # the builds of older code.
-    podman("tag", app, "localhost/prefect-background-tasks:step-12")
-    for line in podman("images", "--format", "{{.Repository}}:{{.Tag}}").split():
-        if line.startswith("localhost/prefect-background-tasks:step-12-") and line != app:
-            podman("rmi", line, check=False)
+    # Builds of other code, unless recent: a test elsewhere on this machine may be using one.
+    old = ["images", "--filter", "until=24h", "--format", "{{.Repository}}:{{.Tag}}"]
+    for name in podman(*old).split():
+        if name.startswith("localhost/prefect-background-tasks:step-12-") and name != app:
+            podman("rmi", name, check=False)
     return Images(app, stand_ins["postgres"], stand_ins["redis"])
 
 
@@ -188,6 +187,7 @@ class Stack:
             "REDIS_PASSWORD": secrets.token_hex(16),
             "JOBS_API_KEYS": f"test={self.api_key}",
             # Not secrets: where this run differs from a user's.
+            "TUTORIAL_IMAGE": images.app,
             "POSTGRES_IMAGE": images.postgres,
             "REDIS_IMAGE": images.redis,
             "APP_PORT": self.app_url.rsplit(":", 1)[1],
