@@ -283,8 +283,6 @@ def stack() -> Iterator[Stack]:
     finally:
         try:
             if stack is not None:
-                for container in stack.containers():  # shown when a test failed
-                    print(f"--- {container}\n{stack.logs(container)[-3000:]}")
                 stack.compose("down", "-v", "-t", "10")
                 stack.remove_everything()
         finally:
@@ -293,6 +291,16 @@ def stack() -> Iterator[Stack]:
             else:
                 os.environ["CONTAINERS_CONF"] = saved
             shutil.rmtree(tmp)
+
+
+@pytest.fixture(autouse=True)
+def logs_of_a_failure(request: pytest.FixtureRequest, stack: Stack) -> Iterator[None]:
+    """When a test fails, the end of each container's log, shown with the failure."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed:
+        for container in stack.containers():
+            print(f"--- {container}\n{stack.logs(container)[-3000:]}")
 
 
 def post_job(stack: Stack, title: str, headers: dict | None = None) -> httpx.Response:
