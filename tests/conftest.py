@@ -16,7 +16,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 # The longest test files start first, so that neither test process is left with one of them
 # at the end while the other has nothing to do (pytest-xdist hands out whole files in order).
-LONGEST_FIRST = ["test_step_11.py", "test_benchmarks.py", "test_runner.py", "test_step_12.py"]
+LONGEST_FIRST = [
+    "test_step_11.py",
+    "test_benchmarks.py",
+    "test_runner.py",
+    "test_step_12.py",
+    "test_step_12_containers.py",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
