@@ -172,10 +172,11 @@ class PrefectServer:
                 database.execute("DROP TRIGGER IF EXISTS hold_back_state")
             database.close()
 
-    def spawn(self, script: Path, **env: str) -> Process:
-        """Start a step's script against this server, from the repo root, as a user would."""
+    def spawn(self, script: Path, *args: str, **env: str) -> Process:
+        """Start a step's script (with its command-line arguments) against this server, from
+        the repo root, as a user would."""
         return Process(
-            script.stem, [sys.executable, str(script)], env={**self.env, **env}, echo=False
+            script.stem, [sys.executable, str(script), *args], env={**self.env, **env}, echo=False
         )
 
     @contextmanager
@@ -198,9 +199,9 @@ class PrefectServer:
         )
         return process, f"http://127.0.0.1:{port}"
 
-    def run_script(self, script: Path, timeout: float = 120, **env: str) -> Process:
+    def run_script(self, script: Path, *args: str, timeout: float = 120, **env: str) -> Process:
         """Run a step's script to the end; its output is in `.output`, its exit code in `.code`."""
-        process = self.spawn(script, **env)
+        process = self.spawn(script, *args, **env)
         try:
             process.wait(timeout=timeout)
         except BaseException:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from harness import load_module, step_dir, step_tasks, wait_for
 from prefect.client.orchestration import get_client
 
-from tutorial.runner import Process, wait_until_subscribed
+from tutorial.runner import wait_until_subscribed
 
 STEP = step_dir(16)
 BACKLOG = 6
@@ -43,12 +42,8 @@ def status(client_settings):
 
 def status_command(prefect_server, *args: str) -> str:
     """Run queue_status.py as a user does; its output."""
-    argv = [sys.executable, str(STEP / "queue_status.py"), *args]
-    command = Process("queue_status", argv, env=prefect_server.env, echo=False)
-    try:
-        assert command.wait(timeout=120) == 0, command.output
-    finally:
-        command.stop()
+    command = prefect_server.run_script(STEP / "queue_status.py", *args)
+    assert command.code == 0, command.output
     return command.output
 
 

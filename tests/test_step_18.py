@@ -27,13 +27,9 @@ def runs_of(prefect_server, task_key: str) -> list[dict]:
 
 
 def drain(prefect_server, task_key: str, timeout: float) -> Process:
-    argv = [sys.executable, str(STEP / "drain.py"), task_key, "--timeout", str(timeout)]
-    process = Process("drain", argv, env=prefect_server.env, echo=False)
-    try:
-        process.wait(timeout=timeout + 120)
-    finally:
-        process.stop()
-    return process
+    return prefect_server.run_script(
+        STEP / "drain.py", task_key, "--timeout", str(timeout), timeout=timeout + 120
+    )
 
 
 def test_submit_py_deploys_the_new_release_and_strands_nothing(prefect_server, task_server):
