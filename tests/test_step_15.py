@@ -75,19 +75,26 @@ def test_submit_py_cancels_a_queued_job_and_a_running_one(prefect_server, app, t
     # What Prefect holds for bob's three runs.
     histories = [states(prefect_server, run["id"]) for run in runs_of(prefect_server, "bob")]
     by_shape = {tuple(names(history)): history for history in histories}
+    # Report A: cancelled while running, stopped at its next checkpoint, long before its ten
+    # seconds of work. The app reads Pending as running too, so the DELETE may land before
+    # the task server records Running: both orders are the same lesson.
+    a_shapes = [
+        ("Scheduled", "Pending", "Running", "Cancelling", "Cancelled"),
+        ("Scheduled", "Pending", "Cancelling", "Running", "Cancelled"),
+    ]
+    report_a = [shape for shape in by_shape if shape in a_shapes]
+    assert len(report_a) == 1, sorted(by_shape)
     assert sorted(by_shape) == sorted(
         [
-            # Report A: cancelled while running, stopped at its next checkpoint, long
-            # before its ten seconds of work.
-            ("Scheduled", "Pending", "Running", "Cancelling", "Cancelled"),
+            report_a[0],
             # Report B: cancelled in the queue. Prefect still handed it to the task server,
             # which ran it; the task's first checkpoint stopped it before any work.
             ("Scheduled", "Cancelling", "Pending", "Running", "Cancelled"),
             ("Scheduled", "Pending", "Running", "Completed"),  # the note
         ]
     )
-    report_a = by_shape["Scheduled", "Pending", "Running", "Cancelling", "Cancelled"]
-    assert seconds(report_a[-1]) - seconds(report_a[2]) < 5
+    history_a = by_shape[report_a[0]]
+    assert seconds(history_a[-1]) - seconds(history_a[1]) < 5
     assert did_no_work(by_shape["Scheduled", "Cancelling", "Pending", "Running", "Cancelled"])
 
 
