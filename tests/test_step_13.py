@@ -221,7 +221,7 @@ def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server,
     """periodic.py registers a deployment with the nightly schedule and runs its flow runs;
     a run triggered now (as `prefect deployment run` does) completes, its thumbnails made by
     the task server."""
-    task_server(STEP / "task_server.py")
+    server = task_server(STEP / "task_server.py")
     periodic = spawn(STEP / "periodic.py")
 
     (deployment,) = wait_for(
@@ -249,7 +249,7 @@ def test_beat_is_a_served_flow_with_a_cron_schedule(prefect_server, task_server,
         interval=0.5,
         what="the triggered flow run to finish",
     )
-    assert state["type"] == "COMPLETED", periodic.output
+    assert state["type"] == "COMPLETED", f"{periodic.output}\ntask server:\n{server.output}"
     runs = completed_task_runs(prefect_server, flow_run["id"])
     assert sorted(r["name"].rsplit("-", 1)[0] for r in runs) == [
         *("contact_sheet", "make_thumbnail", "make_thumbnail", "make_thumbnail")
