@@ -44,6 +44,11 @@ TEXT = "The new version is faster. It starts in half the time and uses less memo
 pytestmark = [
     pytest.mark.skipif(PODMAN is None, reason="podman is not installed (.ci/run installs it)"),
     pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason="runs podman as root: debootstrap builds the base image as root only, and"
+        " rootless podman needs subordinate id ranges (/etc/subuid) set up for the user",
+    ),
+    pytest.mark.skipif(
         shutil.which("runc") is None, reason="runc, the runtime podman runs here, is not installed"
     ),
     pytest.mark.skipif(
