@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from harness import step_dir, wait_for
@@ -51,13 +51,17 @@ def did_no_work(history: list[dict]) -> bool:
     return seconds(cancelled) - seconds(running) < 1
 
 
-def runs_of(prefect_server, client: str) -> list[dict]:
-    body = {"task_runs": {"tags": {"all_": [f"client:{client}"]}}}
-    return prefect_server.api("POST", "/task_runs/filter", json=body)
+def runs_of(prefect_server, client: str, since: datetime) -> list[dict]:
+    """The client's runs created since then: other tests on the session's server (step 08's)
+    submit as the same client."""
+    runs = {"tags": {"all_": [f"client:{client}"]}}
+    runs["expected_start_time"] = {"after_": since.isoformat()}
+    return prefect_server.api("POST", "/task_runs/filter", json={"task_runs": runs})
 
 
 def test_submit_py_cancels_a_queued_job_and_a_running_one(prefect_server, app, task_server):
     task_server(STEP / "task_server.py")
+    since = datetime.now(UTC)
     submit = prefect_server.run_script(STEP / "submit.py", API_URL=app, JOBS_API_KEY=KEYS["bob"])
 
     assert submit.code == 0, submit.output
@@ -73,7 +77,8 @@ def test_submit_py_cancels_a_queued_job_and_a_running_one(prefect_server, app, t
     ], submit.output
 
     # What Prefect holds for bob's three runs.
-    histories = [states(prefect_server, run["id"]) for run in runs_of(prefect_server, "bob")]
+    runs = runs_of(prefect_server, "bob", since)
+    histories = [states(prefect_server, run["id"]) for run in runs]
     by_shape = {tuple(names(history)): history for history in histories}
     # Report A: cancelled while running, stopped at its next checkpoint, long before its ten
     # seconds of work. The app reads Pending as running too, so the DELETE may land before
