@@ -6,6 +6,8 @@ import json
 import math
 import time
 
+from benchmarks import cpu
+
 MARKER = "BENCHMARK-RESULT "
 
 
@@ -37,8 +39,13 @@ class Recorder:
         self.first_submit = 0.0
         self.last_submit = 0.0
         self.all_back = 0.0
+        # The CPU every process of the setup spends on this phase (see benchmarks/cpu.py).
+        self.meter = cpu.Meter.from_env("submit")
+        self.cpu_before: dict[str, float] = {}
+        self.cpu_after: dict[str, float] = {}
 
     def begin(self) -> None:
+        self.cpu_before = self.meter.read()
         self.first_submit = time.time()
 
     def submitted(self, seconds: float, items: int = 1) -> None:
@@ -57,6 +64,7 @@ class Recorder:
 
     def end(self) -> None:
         self.all_back = time.time()
+        self.cpu_after = self.meter.read()
 
     def report(self) -> dict:
         per_job = [s / n for s, n in zip(self.call_seconds, self.call_items, strict=True)]
@@ -85,6 +93,8 @@ class Recorder:
             "queue_ms_p50": _round(percentile(queue, 50)),
             "queue_ms_p95": _round(percentile(queue, 95)),
             "queue_ms_max": _round(max(queue, default=None)),
+            # CPU ms per job that came back, by process role and in all ("total").
+            "cpu_ms_per_job": cpu.per_job(self.cpu_before, self.cpu_after, completed),
             "errors": self.errors,
         }
 

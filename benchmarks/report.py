@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 # (label, phase, key, unit): `phase` is noop, pause or api; {n}, {pauses}, {clients} are
@@ -18,12 +19,21 @@ METRICS = [
     ("POST /jobs p50, {clients} clients", "api", "post_ms_p50", "ms"),
     ("POST /jobs p99, {clients} clients", "api", "post_ms_p99", "ms"),
     ("/health p99 meanwhile", "api", "health_ms_p99", "ms"),
+    ("no-ops: CPU per job, all processes", "noop", "cpu_ms_per_job.total", "ms"),
+    ("50 ms jobs: CPU per job, all processes", "pause", "cpu_ms_per_job.total", "ms"),
+    ("API jobs: CPU per job, all processes", "api", "cpu_ms_per_job.total", "ms"),
 ]
+PHASES = {"noop": "no-ops", "pause": "50 ms jobs", "api": "API jobs"}
+ROLES = ["submitter", "HTTP clients", "app", "workers", "Prefect server", "PostgreSQL", "Redis"]
 RATIOS = [("recommended", "naive"), ("prefect", "celery"), ("prefect", "arq")]
 
 
 def value(setup: dict, phase: str, key: str) -> float | None:
-    return (setup.get(phase) or {}).get(key)
+    """A phase's number; "cpu_ms_per_job.total" reads one entry of a dict."""
+    found = setup.get(phase) or {}
+    for part in key.split("."):
+        found = found.get(part) if isinstance(found, dict) else None
+    return found
 
 
 def fmt(number: float | None) -> str:
@@ -36,17 +46,71 @@ def fmt(number: float | None) -> str:
     return f"{number:.2f}"
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or a <= 0 or b <= 0:
-        return "-"
-    r = a / b
+def _ratio_text(r: float, unit: str = "x") -> str:
+    """2.69x; the low end of a range goes without its unit (2.1-3.9x)."""
     if r >= 100:
-        return f"{r:,.0f}x"
-    return f"{r:.1f}x" if r >= 10 else f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+        return f"{r:,.0f}{unit}"
+    return f"{r:.1f}{unit}" if r >= 10 else f"{r:.2f}{unit}" if r >= 0.1 else f"{r:.2g}{unit}"
+
+
+def combine(rounds: list[dict]) -> dict:
+    """Several rounds of the same setups as one: each number the median of its rounds, the
+    jobs counted over all of them. One round is returned as it is."""
+    if len(rounds) == 1:
+        return rounds[0]
+    combined = {}
+    for name, first in rounds[0].items():
+        runs = [r[name] for r in rounds if name in r]
+        setup = {**first, "rounds": len(runs)}
+        setup["load_average_after"] = runs[-1]["load_average_after"]
+        setup["seconds"] = round(sum(r["seconds"] for r in runs), 1)
+        setup["error"] = next((r["error"] for r in runs if r["error"]), None)
+        setup["ok"] = all(r["ok"] for r in runs)
+        setup["completions"] = {
+            key: sum(r["completions"].get(key, 0) for r in runs) for key in first["completions"]
+        }
+        for phase in PHASES:
+            if phase in first:
+                setup[phase] = _medians([r.get(phase) or {} for r in runs])
+        if "prefect_api" in first:
+            locked = sum(r["prefect_api"]["sqlite_locked_errors"] for r in runs)
+            setup["prefect_api"] = {**first["prefect_api"], "sqlite_locked_errors": locked}
+        combined[name] = setup
+    return combined
+
+
+def _medians(reports: list[dict]) -> dict:
+    """The median of each number (and of each number in a dict, as CPU per role)."""
+    medians = {}
+    for key, first in reports[0].items():
+        values = [r.get(key) for r in reports]
+        if isinstance(first, dict):
+            medians[key] = _medians([v if isinstance(v, dict) else {} for v in values])
+        elif isinstance(first, list):  # errors: all of them
+            medians[key] = [item for v in values for item in (v or [])]
+        elif isinstance(first, int | float) and not isinstance(first, bool):
+            numbers = [v for v in values if isinstance(v, int | float)]
+            medians[key] = round(statistics.median(numbers), 2) if numbers else None
+        else:
+            medians[key] = first
+    return medians
+
+
+def ratio_cell(rounds: list[dict], a: str, b: str, phase: str, key: str) -> str:
+    """One ratio per round: its median, and its range when there are several rounds."""
+    pairs = [(value(r[a], phase, key), value(r[b], phase, key)) for r in rounds]
+    ratios = [x / y for x, y in pairs if x and y and x > 0 and y > 0]
+    if not ratios:
+        return "-"
+    middle = _ratio_text(statistics.median(ratios))
+    if len(rounds) == 1:
+        return middle
+    return f"{middle} ({_ratio_text(min(ratios), '')}-{_ratio_text(max(ratios))})"
 
 
 def table(results: dict) -> str:
     setups = results["setups"]
+    rounds = [r["setups"] for r in results.get("rounds", [])] or [setups]
     config = results["config"]
     names = list(setups)
     # "Prefect" in the ratios is the recommended setup when it ran, else the naive one.
@@ -66,8 +130,7 @@ def table(results: dict) -> str:
         row = [f"{label} ({unit})"]
         row += [fmt(value(setups[n], phase, key)) for n in names]
         for a, b in ratios:
-            a = prefect if a == "prefect" else a
-            row.append(ratio(value(setups[a], phase, key), value(setups[b], phase, key)))
+            row.append(ratio_cell(rounds, prefect if a == "prefect" else a, b, phase, key))
         rows.append(row)
     done = ["jobs completed / submitted"]
     for n in names:
@@ -80,15 +143,8 @@ def table(results: dict) -> str:
         done.append(cell)
     rows.append(done + [""] * len(ratios))
 
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = aligned(rows)
+    lines += ["", *aligned(cpu_rows(setups, names))]
     machine = results["machine"]
     load_start = " ".join(f"{x:.2f}" for x in results["load_average_start"])
     load_end = " ".join(f"{x:.2f}" for x in results["load_average_end"])
@@ -104,6 +160,30 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def cpu_rows(setups: dict, names: list[str]) -> list[list[str]]:
+    """CPU ms per job by process role, per phase: where each job's CPU goes."""
+    rows = [["CPU per job, by process (ms)", *(setups[n]["label"] for n in names)]]
+    for phase, phase_label in PHASES.items():
+        for name in ROLES:
+            cells = [value(setups[n], phase, f"cpu_ms_per_job.{name}") for n in names]
+            if any(cell is not None for cell in cells):
+                rows.append([f"{phase_label}: {name}", *(fmt(cell) for cell in cells)])
+    return rows
+
+
+def aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
 def chart(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -114,7 +194,7 @@ def chart(results: dict, path: Path) -> None:
     config = results["config"]
     names = list(setups)
     colors = {"naive": "#9aa5b1", "recommended": "#1f6feb", "celery": "#3fa34d", "arq": "#d97706"}
-    figure, axes = plt.subplots(3, 4, figsize=(16, 10), constrained_layout=True)
+    figure, axes = plt.subplots(4, 4, figsize=(16, 13), constrained_layout=True)
     for ax, (label, phase, key, unit) in zip(axes.flat, METRICS, strict=False):
         label = label.format(n=config["noops"], pauses=config["pauses"], clients=config["clients"])
         values = [value(setups[n], phase, key) for n in names]
@@ -137,14 +217,16 @@ def chart(results: dict, path: Path) -> None:
                 fontsize=8,
             )
         ax.margins(x=0.25)
-    axes.flat[-1].axis("off")
+    for ax in axes.flat[len(METRICS) :]:
+        ax.axis("off")
     machine = results["machine"]
     load = " ".join(f"{x:.2f}" for x in results["load_average_start"])
     figure.suptitle(
         f"Offloading a job: Prefect {results['versions']['prefect']}, Celery"
         f" {results['versions']['celery']}, arq {results['versions']['arq']}, Redis"
         f" {results['versions']['redis-server']} ({results['started_at']},"
-        f" {machine['cpus']} CPUs, load average {load} at the start)",
+        f" {machine['cpus']} CPUs, load average {load} at the start"
+        + (f"; medians of {len(results['rounds'])} rounds)" if results.get("rounds") else ")"),
         fontsize=11,
     )
     figure.savefig(path, dpi=80)
@@ -163,6 +245,14 @@ def readme_section(results: dict) -> str:
         f" in all. Each setup's load average (1, 5, 15 minutes) before and after it ran:",
         "",
     ]
+    if rounds := results.get("rounds"):
+        lines[1] = (
+            f"`{results['command'].strip()}` on {results['started_at']}, {results['seconds']:.0f}"
+            f" s in all: {len(rounds)} rounds of every setup. Each number below is the median"
+            " of the rounds; each ratio is the median of the rounds' own ratios, with their"
+            " range in brackets. Each setup's load average (1, 5, 15 minutes) before its first"
+            " round and after its last:"
+        )
     for setup in setups.values():
         before = " ".join(f"{x:.2f}" for x in setup["load_average_before"])
         after = " ".join(f"{x:.2f}" for x in setup["load_average_after"])

@@ -2,6 +2,7 @@
 
     uv run python -m benchmarks.run            the full run (5 to 15 minutes on 2 cores)
     uv run python -m benchmarks.run --quick    tiny counts, to check that everything works
+    uv run python -m benchmarks.run --repeat 3 three rounds: medians, and each ratio's range
 
 Each setup gets its own fresh Prefect server (temporary home, free port) or its own Redis,
 started and stopped here. The setups run one after the other, and every job they submit must
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks import load, report
+from benchmarks import cpu, load, report
 from benchmarks.measure import parse
 from tutorial.runner import (
     ROOT,
@@ -122,6 +123,8 @@ def submit(processes: Processes, module: str, args: list[str], env: dict, config
     phases = {"noop": config.noops, "pause": config.pauses}
     timeout = config.timeout(max(phases.values()))
     argv = [PYTHON, "-m", module, *args, str(timeout)]
+    # The submitter reads the CPU time of every process of the setup (benchmarks/cpu.py).
+    env = {**env, **cpu.env_for({p.label: p.pid for p in processes.started})}
     process = processes.start("submit", [*argv, *(f"{job}:{n}" for job, n in phases.items())], env)
     try:
         process.wait(timeout=2 * timeout + 120)
@@ -137,14 +140,19 @@ def submit(processes: Processes, module: str, args: list[str], env: dict, config
     return reports
 
 
-def drive_api(process: Process, port: int, config: Config) -> dict:
-    """Wait until the app answers, then run the API phase against it."""
+def drive_api(processes: Processes, process: Process, port: int, config: Config) -> dict:
+    """Wait until the app answers, then run the API phase against it, and count the CPU time
+    of every process of the setup, the clients' (this process) included."""
     url = f"http://127.0.0.1:{port}"
     wait_until_answering(f"{url}/health", process, timeout=START_TIMEOUT)
     jobs = config.clients * config.requests_per_client
-    return asyncio.run(
+    meter = cpu.Meter({p.label: p.pid for p in processes.started}, self_label="clients")
+    before = meter.read()
+    result = asyncio.run(
         load.drive(url, config.clients, config.requests_per_client, config.timeout(jobs))
     )
+    result["cpu_ms_per_job"] = cpu.per_job(before, meter.read(), result["completed"])
+    return result
 
 
 # --- the setups -------------------------------------------------------------------------
@@ -259,7 +267,7 @@ class PrefectSetup:
         app_env = {**env, "JOBS_API_KEYS": f"bench={load.API_KEY}"}
         app_env["JOBS_DB"] = str(workdir / "step-08-jobs.db")
         api = processes.start("step-08-api", argv, app_env)
-        result["api"] = drive_api(api, port, config)
+        result["api"] = drive_api(processes, api, port, config)
 
         server_log = processes.log("prefect-server").read_text(errors="replace")
         result["prefect_api"] = {
@@ -301,7 +309,7 @@ class CelerySetup:
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_celery:app", "--port", str(port)]
         api = processes.start("api", argv, env)
-        result["api"] = drive_api(api, port, config)
+        result["api"] = drive_api(processes, api, port, config)
         return result
 
 
@@ -322,7 +330,7 @@ class ArqSetup:
         port = free_port()
         argv = [PYTHON, "-m", "uvicorn", "benchmarks.api_arq:app", "--port", str(port)]
         api = processes.start("api", argv, env)
-        result["api"] = drive_api(api, port, config)
+        result["api"] = drive_api(processes, api, port, config)
         return result
 
 
@@ -456,6 +464,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     parser.add_argument("--setups", default=",".join(SETUPS), help="which, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/.png go")
     parser.add_argument("--logs", type=Path, help="keep every process's log in this folder")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every setup (medians, ratio ranges)"
+    )
     args = parser.parse_args(argv)
     quick = Config(noops=10, pauses=10, clients=10, requests_per_client=1)
     config = quick if args.quick else Config()
@@ -465,6 +476,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         config.pauses = args.pauses
     if args.requests is not None:
         config.requests_per_client = args.requests
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     unknown = set(args.setups.split(",")) - set(SETUPS)
     if unknown:
         parser.error(f"unknown setups {sorted(unknown)}; known: {', '.join(SETUPS)}")
@@ -502,16 +515,29 @@ def main(argv: list[str] | None = None) -> int:
         f"Benchmarking on {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}),"
         f" load average {' '.join(f'{x:.2f}' for x in results['load_average_start'])}"
     )
+    rounds = []
     try:
-        with tempfile.TemporaryDirectory(prefix="benchmarks-") as workdir:
-            if args.logs:
-                args.logs.mkdir(parents=True, exist_ok=True)
-            for name in args.setups.split(","):
+        for number in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                say(f"--- round {number} of {args.repeat}")
+            with tempfile.TemporaryDirectory(prefix="benchmarks-") as workdir:
                 where = Path(args.logs or workdir)
-                results["setups"][name] = run_setup(SETUPS[name], config, where)
+                if args.logs:
+                    where = args.logs / f"round-{number}" if args.repeat > 1 else args.logs
+                    where.mkdir(parents=True, exist_ok=True)
+                round_ = {"load_average_start": os.getloadavg(), "setups": {}}
+                for name in args.setups.split(","):
+                    round_["setups"][name] = run_setup(SETUPS[name], config, where)
+                round_["load_average_end"] = os.getloadavg()
+                rounds.append(round_)
     except KeyboardInterrupt:
         say("benchmarks: interrupted; everything it started has been stopped")
         return 130
+    # Each number is the median of the rounds; each ratio in the table, the median of the
+    # rounds' ratios with their range (a ratio measured side by side, round by round).
+    results["setups"] = report.combine([r["setups"] for r in rounds])
+    if len(rounds) > 1:
+        results["rounds"] = rounds
     results["load_average_end"] = os.getloadavg()
     results["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     results["all_completed"] = all(s["ok"] for s in results["setups"].values())

@@ -4,13 +4,14 @@ JSON and the chart are written. No speed is asserted: on a shared machine that i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks import report
+from benchmarks import cpu, report
 from benchmarks.measure import percentile
 from benchmarks.run import README, RESULTS, SETUPS, all_done, parse_args, postgres_installed
 from tutorial.runner import ROOT
@@ -22,6 +23,14 @@ PHASE_KEYS = {
     *("queue_ms_p50", "queue_ms_p95"),
 }
 API_KEYS = {"post_ms_p50", "post_ms_p99", "health_ms_p99"}
+# The processes whose CPU each phase counts, by setup: the submitter or the HTTP clients, the
+# workers, the app in the API phase, and each setup's servers.
+SERVERS = {
+    "naive": {"Prefect server"},
+    "recommended": {"Prefect server", "PostgreSQL"},
+    "celery": {"Redis"},
+    "arq": {"Redis"},
+}
 
 
 def test_quick_run_completes_every_job_in_every_setup(tmp_path):
@@ -47,9 +56,12 @@ def test_quick_run_completes_every_job_in_every_setup(tmp_path):
             assert report["submitted"] == report["completed"] == count, (name, report)
             assert report["errors"] == [], (name, report)
             assert all(report[key] is not None for key in PHASE_KEYS), (name, report)
+            assert_cpu_counted(report["cpu_ms_per_job"], {"submitter", "workers"} | SERVERS[name])
         api = setup["api"]
         assert api["requests"] == api["accepted"] == api["completed"] == CLIENTS, (name, api)
         assert all(api[key] is not None for key in API_KEYS), (name, api)
+        roles = {"HTTP clients", "app", "workers"} | SERVERS[name]
+        assert_cpu_counted(api["cpu_ms_per_job"], roles)
         jobs = sum(QUICK.values()) + CLIENTS
         assert setup["completions"]["expected"] == setup["completions"]["completed"] == jobs
         if name in ("naive", "recommended"):
@@ -61,6 +73,90 @@ def test_quick_run_completes_every_job_in_every_setup(tmp_path):
     assert {"cpus", "cpu_model"} <= set(results["machine"])
     assert len(results["load_average_start"]) == len(results["load_average_end"]) == 3
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def assert_cpu_counted(costs: dict, roles: set[str]) -> None:
+    """Every process of the setup was read, and something was spent."""
+    assert set(costs) == roles | {"total"}, costs
+    assert costs["total"] > 0, costs
+    assert costs["total"] == pytest.approx(sum(costs.values()) - costs["total"], abs=0.1), costs
+
+
+# A parent whose child burns 0.5 s of CPU, then waits to be killed and reaped.
+CHILD = (
+    "import time\nwhile time.process_time() < 0.5: pass\nprint('burnt', flush=True)\ntime.sleep(60)"
+)
+BURN = f"""
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", {CHILD!r}], stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip(), flush=True)
+sys.stdin.readline()
+child.kill()
+child.wait()
+print("reaped", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_cpu_of_a_process_tree_counts_its_children_alive_and_reaped():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout.readline().strip() == "burnt"
+        # The child burnt 0.5 s of CPU and still runs: it is counted as a descendant.
+        alive = cpu.tree_seconds(parent.pid)
+        assert alive >= 0.5
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "reaped"
+        # Reaped, its CPU moved into the parent's count of the children it waited for.
+        assert cpu.tree_seconds(parent.pid) >= alive
+        meter = cpu.Meter({"task-server-1": parent.pid, "redis": os.getpid()})
+        assert set(meter.read()) == {"workers", "Redis"}
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_cpu_per_job_is_what_each_role_spent_between_two_readings():
+    before = {"workers": 1.0, "Prefect server": 2.0}
+    after = {"workers": 1.5, "Prefect server": 3.0}
+    costs = cpu.per_job(before, after, 10)
+    assert costs == {"Prefect server": 100.0, "workers": 50.0, "total": 150.0}
+    assert cpu.per_job(before, after, 0) == {}
+
+
+def a_round(naive_rate: float, recommended_rate: float, cpu_ms: float) -> dict:
+    def setup(label: str, rate: float) -> dict:
+        return {
+            "label": label,
+            "load_average_before": [1.0, 1.0, 1.0],
+            "load_average_after": [2.0, 2.0, 2.0],
+            "seconds": 10.0,
+            "error": None,
+            "ok": True,
+            "completions": {"expected": 5, "completed": 5},
+            "noop": {"job": "noop", "tasks_per_s": rate, "errors": []},
+            "pause": {"job": "pause", "cpu_ms_per_job": {"workers": cpu_ms, "total": cpu_ms}},
+        }
+
+    return {"naive": setup("naive", naive_rate), "recommended": setup("rec", recommended_rate)}
+
+
+def test_rounds_combine_into_medians_and_ratios_into_their_median_and_range():
+    rounds = [a_round(10, 30, 4.0), a_round(20, 40, 6.0), a_round(5, 30, 5.0)]
+    combined = report.combine(rounds)
+    naive = combined["naive"]
+    assert naive["noop"]["tasks_per_s"] == 10  # the median of 10, 20, 5
+    assert naive["pause"]["cpu_ms_per_job"] == {"workers": 5.0, "total": 5.0}
+    assert naive["completions"] == {"expected": 15, "completed": 15}
+    assert (naive["seconds"], naive["ok"], naive["rounds"]) == (30.0, True, 3)
+    # Ratios are taken round by round (3x, 2x, 6x), not between the medians (40/10 = 4x).
+    cell = report.ratio_cell(rounds, "recommended", "naive", "noop", "tasks_per_s")
+    assert cell == "3.00x (2.00-6.00x)"
+    assert report.ratio_cell(rounds[:1], "recommended", "naive", "noop", "tasks_per_s") == "3.00x"
+    assert report.combine(rounds[:1]) is rounds[0]
 
 
 def test_the_readme_shows_the_latest_full_run():
