@@ -208,3 +208,38 @@ class PrefectServer:
             process.stop()
             raise
         return process
+
+
+class RunsEndBetweenPages:
+    """A Prefect client whose first `POST /task_runs/filter` is followed, before its answer
+    is returned, by `end(runs_read)`: it lets a test end runs between two pages of a reader
+    that pages through task runs, as a task server does while a status command reads."""
+
+    def __init__(self, client: Any, end: Callable[[list[dict]], None]) -> None:
+        self.client, self.end, self.pages = client, end, 0
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = await self.client.request(method, path, **kwargs)
+        if path == "/task_runs/filter":
+            self.pages += 1
+            if self.pages == 1:
+                self.end(response.json())
+        return response
+
+
+@contextmanager
+def waiting_runs(prefect_server: PrefectServer, task: Any, count: int) -> Iterator[list[str]]:
+    """`count` runs of a task no task server serves, queued with .delay() (the test's client
+    settings must point at the server); deleted afterwards, so that no later test reads them."""
+    ids = [str(task.delay(n).task_run_id) for n in range(count)]
+    try:
+        yield ids
+    finally:
+        for run_id in ids:
+            httpx.delete(f"{prefect_server.api_url}/task_runs/{run_id}", timeout=30)
+
+
+def end_run(prefect_server: PrefectServer, run_id: str, state: str = "CANCELLED") -> None:
+    """Force a run into a state, as an operator would through the API."""
+    body = {"state": {"type": state, "name": state.title()}, "force": True}
+    prefect_server.api("POST", f"/task_runs/{run_id}/set_state", json=body)

@@ -12,7 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import load_module, step_dir, step_tasks, wait_for
+from harness import (
+    RunsEndBetweenPages,
+    end_run,
+    load_module,
+    step_dir,
+    step_tasks,
+    wait_for,
+    waiting_runs,
+)
+from prefect import task
 from prefect.client.orchestration import get_client
 
 from tutorial.runner import wait_until_subscribed
@@ -22,6 +31,12 @@ BACKLOG = 6
 LOOK = re.compile(
     r"^waiting +(\d+), oldest +(-|[\d.]+ s), running (\d+), stuck (\d+), task servers (\d+)$"
 )
+
+
+@task
+def unserved(n: int) -> int:
+    """A task no task server serves: its runs wait until a test ends them."""
+    return n
 
 
 @pytest.fixture
@@ -143,4 +158,38 @@ def stranded(prefect_server, server, run_id, key, status) -> None:
     assert (row.waiting, row.running) == (0, 1)
     assert status(key, stuck_after=3600).stuck == 0  # within its allowed time: not stuck
     table = status_command(prefect_server, "--stuck-after", "2")
-    assert re.search(rf"^{re.escape(key)} +0 +- +1 +1 +0$", table, re.M), table
+    assert re.search(rf"^{re.escape(key)} +0 +- +1 +0 +1 +0$", table, re.M), table
+
+
+def test_every_unfinished_run_is_read_while_runs_end_between_pages(prefect_server, client_settings):
+    """More runs than one page holds, and a hundred of the first page's end before the next
+    page is read (as a task server ends them): read by offset, the next page would start a
+    hundred runs too far on and skip them; read from where the last page ended, none is."""
+    module = load_module(STEP / "queue_status.py")
+    with waiting_runs(prefect_server, unserved, module.PAGE + 50) as ids:
+        ours = set(ids)
+
+        def end_a_hundred(first_page: list[dict]) -> None:
+            for run in [run for run in first_page if run["id"] in ours][:100]:
+                end_run(prefect_server, run["id"])
+
+        async def read():
+            async with get_client() as client:
+                return await module.background_runs(RunsEndBetweenPages(client, end_a_hundred))
+
+        read_back = {str(run.id) for run in asyncio.run(read())}
+        assert read_back >= ours, f"{len(ours - read_back)} of {len(ours)} runs not read"
+
+
+def test_a_cancelling_run_counts_until_a_task_server_ends_it(
+    prefect_server, status, client_settings
+):
+    """Cancelled while no task server of its key runs, a run stays Cancelling (step 15): it
+    is no longer waiting, it is not finished, and with no news it is stuck."""
+    with waiting_runs(prefect_server, unserved, 1) as (run_id,):
+        end_run(prefect_server, run_id, "CANCELLING")
+        row = status(unserved.task_key, stuck_after=3600)
+        assert (row.waiting, row.running, row.cancelling, row.stuck) == (0, 0, 1, 0)
+        assert status(unserved.task_key, stuck_after=0).stuck == 1
+        table = status_command(prefect_server)
+        assert re.search(rf"^{re.escape(unserved.task_key)} +0 +- +0 +1 +0 +0$", table, re.M)

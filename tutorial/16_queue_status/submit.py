@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 from prefect import get_client
 
@@ -10,12 +11,13 @@ from tasks import make_thumbnail
 NAMES = [f"photo-{n}.jpg" for n in range(12)]
 
 
-async def watch(task_key: str) -> None:
+async def watch(task_key: str, timeout: float = 120) -> None:
     """Look at the queue once a second, as a dashboard would, until the backlog is gone."""
+    deadline = time.monotonic() + timeout
     async with get_client() as client:
-        while True:
+        while time.monotonic() < deadline:
             rows = [row for row in await queue_status(client) if row.task_key == task_key]
-            if not rows or rows[0].waiting + rows[0].running == 0:
+            if not rows or rows[0].waiting + rows[0].running + rows[0].cancelling == 0:
                 print("drained")
                 return
             r = rows[0]
@@ -25,6 +27,7 @@ async def watch(task_key: str) -> None:
                 f" stuck {r.stuck}, task servers {r.task_servers}"
             )
             await asyncio.sleep(1)
+    raise TimeoutError(f"{task_key} still has runs after {timeout:.0f} s: is a task server up?")
 
 
 if __name__ == "__main__":
