@@ -4,21 +4,46 @@ completes exactly once. And what a task key set by hand would do instead."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-import signal
 import sys
 import textwrap
+from datetime import UTC, datetime
 
 import httpx
-from harness import clean_env, step_dir, wait_for
+from harness import (
+    RunsEndBetweenPages,
+    clean_env,
+    end_run,
+    load_module,
+    step_dir,
+    wait_for,
+    waiting_runs,
+)
+from prefect import task
+from prefect.client.orchestration import get_client
 
 from tutorial.runner import Process, wait_until_subscribed
 
 STEP = step_dir(18)
 
 
-def runs_of(prefect_server, task_key: str) -> list[dict]:
-    body = {"task_runs": {"name": {"any_": ["make_thumbnail"]}}, "limit": 200}
+@task
+def unserved(n: int) -> int:
+    """A task no task server serves: its runs wait until a test ends them."""
+    return n
+
+
+def runs_of(prefect_server, task_key: str, since: datetime) -> list[dict]:
+    """The runs of task_key submitted since the test began (other tests submit
+    make_thumbnail runs to the same server)."""
+    body = {
+        "task_runs": {
+            "name": {"any_": ["make_thumbnail"]},
+            "expected_start_time": {"after_": since.isoformat()},
+        },
+        "limit": 200,
+    }
     return [
         r
         for r in prefect_server.api("POST", "/task_runs/filter", json=body)
@@ -34,6 +59,7 @@ def drain(prefect_server, task_key: str, timeout: float) -> Process:
 
 def test_submit_py_deploys_the_new_release_and_strands_nothing(prefect_server, task_server):
     task_server(STEP / "task_server.py")  # this release's, as the tutorial starts it
+    began = datetime.now(UTC)
     submit = prefect_server.run_script(STEP / "submit.py", timeout=300)
 
     assert submit.code == 0, submit.output
@@ -57,7 +83,7 @@ def test_submit_py_deploys_the_new_release_and_strands_nothing(prefect_server, t
 
     # Every run of both releases completed, each after exactly one Running state: none was
     # stranded, none ran twice.
-    old, new = runs_of(prefect_server, old_key), runs_of(prefect_server, new_key)
+    old, new = runs_of(prefect_server, old_key, began), runs_of(prefect_server, new_key, began)
     assert (len(old), len(new)) == (8, 4)
     for run in old + new:
         assert prefect_server.state_names(run["id"]) == [
@@ -145,17 +171,21 @@ def test_a_task_key_set_by_hand_is_received_and_dropped(prefect_server, started,
     # with_options() builds a new task from the function: the key is the hash again.
     copy = previous.make_thumbnail.with_options(persist_result=True)
     assert re.fullmatch(r"make_thumbnail-[0-9a-f]{8}", copy.task_key)
-    # The run is out of the queue: even a second task server with the key gets nothing.
-    assert "Received task run" not in _serve_briefly(prefect_server, started)
-
-
-def _serve_briefly(prefect_server, started) -> str:
-    argv = [sys.executable, "-c", STABLE_KEY_SERVER, str(STEP / "previous")]
+    # The run is out of the queue. A second task server with the key, alone on it, receives
+    # the next run submitted and never the dropped one, which it would have received first:
+    # the queue hands out a key's runs in the order they came.
+    server.stop()
     second = Process("second", argv, env=prefect_server.env, echo=False)
     started.append(second)
     wait_until_subscribed(prefect_server.api_url, second)
-    second.stop(sig=signal.SIGTERM)
-    return second.output
+    next_id = str(previous.make_thumbnail.delay("next.jpg").task_run_id)
+    wait_for(
+        lambda: second.output,
+        lambda output: f"Received task run: {next_id}" in output,
+        timeout=60,
+        what="the second task server to receive the next run",
+    )
+    assert f"Received task run: {run_id}" not in second.output
 
 
 def test_a_thin_task_over_your_code_keeps_its_key_across_releases(tmp_path):
@@ -189,3 +219,48 @@ def test_a_thin_task_over_your_code_keeps_its_key_across_releases(tmp_path):
         keys.append(probe.output.split()[-1])
     assert keys[0] == keys[1]
     assert re.fullmatch(r"make_thumbnail-[0-9a-f]{8}", keys[0])
+
+
+def test_a_key_with_no_run_and_no_task_server_is_refused(prefect_server):
+    """A mistyped key must not read as drained: the deploy would stop the old task servers."""
+    typo = drain(prefect_server, "make_thumbnail-0000beef", timeout=3)
+    assert typo.code == 2, typo.output
+    assert "no unfinished run and no task server has the key make_thumbnail-0000beef" in (
+        typo.output
+    )
+
+
+def test_a_cancelled_run_keeps_its_key_from_draining(prefect_server, client_settings):
+    """Cancelling is not an end: the run waits for a task server of its key to end it
+    (step 15), so stopping them now would leave it Cancelling for good."""
+    with waiting_runs(prefect_server, unserved, 1) as (run_id,):
+        end_run(prefect_server, run_id, "CANCELLING")
+        waiting = drain(prefect_server, unserved.task_key, timeout=3)
+        assert waiting.code == 1, waiting.output
+        assert f"{unserved.task_key}: 0 waiting, 1 in flight" in waiting.output.splitlines()
+
+        # Once it has ended, nothing of the key is left (and nothing serves it: exit 2).
+        end_run(prefect_server, run_id, "CANCELLED")
+        done = drain(prefect_server, unserved.task_key, timeout=3)
+        assert done.code == 2 and "no unfinished run" in done.output, done.output
+
+
+def test_every_run_of_the_key_is_counted_while_runs_end_between_pages(
+    prefect_server, client_settings
+):
+    """More unfinished runs than one page, and a hundred of the first page's end before the
+    next page is read: paged by offset, runs would slip past the page boundary unseen."""
+    module = load_module(STEP / "drain.py")
+    with waiting_runs(prefect_server, unserved, module.PAGE + 50) as ids:
+        ours = set(ids)
+
+        def end_a_hundred(first_page: list[dict]) -> None:
+            for run in [run for run in first_page if run["id"] in ours][:100]:
+                end_run(prefect_server, run["id"])
+
+        async def count():
+            async with get_client() as client:
+                reader = RunsEndBetweenPages(client, end_a_hundred)
+                return await module.unfinished(reader, unserved.task_key)
+
+        assert asyncio.run(count()).total() == len(ours)
