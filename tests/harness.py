@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -243,3 +245,55 @@ def end_run(prefect_server: PrefectServer, run_id: str, state: str = "CANCELLED"
     """Force a run into a state, as an operator would through the API."""
     body = {"state": {"type": state, "name": state.title()}, "force": True}
     prefect_server.api("POST", f"/task_runs/{run_id}/set_state", json=body)
+
+
+class FlakyApi:
+    """A TCP proxy in front of the Prefect server that a test can make hang (connections and
+    requests are taken and never answered) or go down (every connection is dropped), with
+    the clients' open connections included, then bring back up."""
+
+    def __init__(self, api_url: str) -> None:
+        upstream = httpx.URL(api_url)
+        self.upstream, self.mode, self.sockets = (upstream.host, upstream.port), "up", []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}{upstream.path}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def set(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "down":
+            self._close_connections()
+
+    def close(self) -> None:
+        self.listener.close()
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if self.mode == "down":
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                while self.mode == "hang":  # hold what came: the other side waits
+                    time.sleep(0.05)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            source.close()
+            sink.close()

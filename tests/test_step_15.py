@@ -5,11 +5,14 @@ only once it has stopped. A job that ends before its cancel lands reads as it en
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
-from harness import step_dir, wait_for
+from harness import FlakyApi, end_run, step_dir, step_tasks, wait_for
+from prefect import task
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from test_step_08 import KEYS, app_env, as_client, poll_job, post_job
 
 from tutorial.runner import wait_until_answering
@@ -137,6 +140,24 @@ def test_a_job_cancelled_in_the_queue_reads_cancelling_until_a_task_server_stops
     assert did_no_work(history)
 
 
+def test_a_cancelled_job_taken_again_after_a_requeue_reads_cancelling(prefect_server, app):
+    """Step 11's reconciler re-queues a run whose task server died: a new Scheduled state, then
+    another task server's Pending and Running. A Cancelling before the re-queue still stops
+    the task at its first checkpoint (it reads the whole history), so the job reads
+    "cancelling", not "running", while it is taken again."""
+    with as_client(app, "alice") as alice:
+        job_id = post_job(alice, REPORT).json()["id"]
+        assert alice.delete(f"/jobs/{job_id}").json()["status"] == "cancelling"
+        try:
+            # The states a re-queue and a new task server record, written as they write them.
+            for state in ("SCHEDULED", "PENDING", "RUNNING"):
+                end_run(prefect_server, job_id, state)
+            assert alice.get(f"/jobs/{job_id}").json()["status"] == "cancelling"
+        finally:
+            end_run(prefect_server, job_id, "CANCELLED")
+        assert alice.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+
+
 def test_only_the_jobs_client_can_cancel_it(prefect_server, app):
     with as_client(app, "alice") as alice, as_client(app, "bob") as bob:
         job_id = post_job(alice, NOTE).json()["id"]
@@ -213,3 +234,33 @@ def test_the_lesson_shows_step_08s_code(prefect_server):
         text = (STEP / name).read_text()
         assert f'"08_fastapi_jobs" / "{name}"' in text
         assert not re.search(r"^(async )?def ", text, re.M)
+
+
+API = {}  # the FlakyApi the task below reaches the Prefect server through
+
+
+@task
+def checkpoint_while_the_api_is(mode: str) -> tuple[bool, float]:
+    """Step 08's checkpoint, asked from inside a real task run while the API hangs or is down."""
+    with step_tasks(step_dir(8)) as tasks:
+        API["proxy"].set(mode)
+        began = time.monotonic()
+        try:
+            return tasks.cancel_requested(), time.monotonic() - began
+        finally:
+            API["proxy"].set("up")  # so that the run can report its end
+
+
+def test_the_checkpoint_goes_on_when_the_api_hangs_or_is_down(prefect_server, client_settings):
+    """A checkpoint that cannot reach the API must neither fail the job nor stall it: it
+    answers "not cancelled" after one short try, and the next checkpoint asks again. Prefect's
+    client alone waits 60 s a try and retries, then raises into the task."""
+    API["proxy"] = proxy = FlakyApi(prefect_server.api_url)
+    try:
+        with temporary_settings({PREFECT_API_URL: proxy.url}):
+            for mode in ("hang", "down"):
+                cancelled, took = checkpoint_while_the_api_is(mode)
+                assert cancelled is False, mode
+                assert took < 20, f"the checkpoint took {took:.0f} s while the API was {mode}"
+    finally:
+        proxy.close()

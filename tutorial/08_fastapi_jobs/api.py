@@ -307,12 +307,13 @@ async def describe(prefect: PrefectClient, run: TaskRun) -> Job:
 
 async def in_flight(prefect: PrefectClient, run_id: UUID) -> State:
     """The state that tells how a run in flight stands. A run cancelled in the queue is still
-    handed to a task server, which records Pending and Running over its Cancelling; and an
-    end the task server reported just before our Cancelling can be recorded after it, in the
-    run's history only."""
+    handed to a task server, which records Pending and Running over its Cancelling; a
+    Cancelling before a retry still stops the next try (the task reads the whole history);
+    and an end the task server reported just before our Cancelling can be recorded after it,
+    in the run's history only."""
     states = await prefect.read_task_run_states(run_id)  # oldest first
     queued = [i for i, state in enumerate(states) if state.type == StateType.SCHEDULED]
     latest = states[queued[-1] if queued else 0 :]  # since it was last queued
     ended = [state for state in latest if state.is_final()]
-    cancelling = [state for state in latest if state.type == StateType.CANCELLING]
+    cancelling = [state for state in states if state.type == StateType.CANCELLING]
     return (ended or cancelling or latest)[-1]

@@ -1,9 +1,9 @@
 import re
 import time
 
-from prefect import get_client, task
-from prefect.client.schemas.objects import StateType
+from prefect import get_client, get_run_logger, task
 from prefect.context import TaskRunContext
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import Cancelled, State
 from pydantic import BaseModel, Field
 
@@ -66,11 +66,19 @@ def cancel_requested() -> bool:
     context = TaskRunContext.get()
     if context is None:  # called as a plain function (score_document.fn): nothing to cancel
         return False
-    with get_client(sync_client=True) as prefect:
-        states = prefect.read_task_run_states(context.task_run.id)
+    query = {"task_run_id": str(context.task_run.id)}
+    no_retries = temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0})
+    try:
+        # One short try, on the task engine's own client: Prefect's 60 s timeout and retries
+        # would stall the job while the API is slow, and an error must not fail it.
+        with no_retries, get_client(sync_client=True) as prefect:
+            states = prefect.request("GET", "/task_run_states/", params=query, timeout=5).json()
+    except Exception as error:  # the next checkpoint asks again
+        get_run_logger().warning("Could not ask whether the job was cancelled: %r", error)
+        return False
     # The whole history: a run cancelled in the queue is still handed to a task server,
     # which records Pending and Running over its Cancelling.
-    return any(state.type == StateType.CANCELLING for state in states)
+    return any(state["type"] == "CANCELLING" for state in states)
     # endregion checkpoint
 
 
