@@ -2,6 +2,7 @@
 real runs on a real Prefect server and task server, read back from Prefect."""
 
 import time
+import uuid
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from tasks import Document, readability, score_document
 NOTE = {"title": "Note", "text": "The cat sat on the mat."}  # one sentence: about 1 s of work
 
 
-# --- the task's code, no Prefect at all: milliseconds ---------------------------------
+# --- the task's code, no Prefect at all: only the code's own time -------------------
 
 
 def test_readability_counts_words_and_sentences():
@@ -63,7 +64,7 @@ def test_a_job_runs_and_its_result_comes_back(client, task_server):
     # endregion job
 
 
-def test_a_bad_request_enqueues_nothing(client, prefect_api):
+def test_a_bad_request_enqueues_nothing(client, prefect_api, task_server):
     def runs() -> int:
         return httpx.post(f"{prefect_api}/task_runs/count", json={}).json()
 
@@ -72,3 +73,12 @@ def test_a_bad_request_enqueues_nothing(client, prefect_api):
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "text"]
     assert runs() == before
+
+    # Refused by the app's own rule: an Idempotency-Key reused for another document.
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = client.post("/jobs", json=NOTE, headers=key)
+    assert first.status_code == 202, first.text
+    reused = client.post("/jobs", json={**NOTE, "title": "Another"}, headers=key)
+    assert reused.status_code == 409, reused.text
+    assert runs() == before + 1  # the first request's job, and no other
+    assert wait_for_job(client, first.headers["Location"])["status"] == "completed"
