@@ -5,11 +5,15 @@ server on them with an auth string, task servers, step 08's app and step 11's re
     python tutorial/12_production/stack.py -- CMD ...    start it all, run CMD with the
                                                          clients' settings, then stop it all
 
+API_REPLICAS=2 (or more): that many Prefect API processes behind HAProxy, the task servers
+of each connected to it directly (see NOTES.md, "Two API processes behind a balancer").
+
 State (database, results, logs, generated secrets) stays in STACK_DIR (.prefect/production).
 compose.yaml runs the same services with the same settings in containers.
 """
 
 import base64
+import functools
 import json
 import os
 import secrets
@@ -27,7 +31,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 STATE = Path(os.environ.get("STACK_DIR", ROOT / ".prefect" / "production")).resolve()
-TASK_SERVERS = int(os.environ.get("TASK_SERVERS", "2"))
+TASK_SERVERS = int(os.environ.get("TASK_SERVERS", "2"))  # per Prefect API process
+API_REPLICAS = int(os.environ.get("API_REPLICAS", "1"))  # 2 or more: behind HAProxy
 SERVER_ENV = HERE / "server"  # the Prefect server's own environment (prefect-redis)
 AS_POSTGRES = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
@@ -87,6 +92,14 @@ def wait_for(what: str, ready, process: subprocess.Popen | None = None, timeout=
         time.sleep(0.2)
 
 
+def haproxy() -> str:
+    """Debian keeps HAProxy in /usr/sbin, which is not on every user's PATH."""
+    tool = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if not tool:
+        sys.exit("stack: haproxy not found: install it (Debian: apt install haproxy)")
+    return tool
+
+
 def answers(url: str, headers: dict | None = None, method: str = "GET") -> bool:
     try:
         return httpx.request(method, url, headers=headers, json={}, timeout=5).is_success
@@ -128,12 +141,48 @@ def client_env(secrets: dict[str, str], ports: dict[str, int], name: str) -> dic
     }
 
 
+def balancer_config(ports: dict[str, int]) -> str:
+    """HAProxy in front of the API processes: round robin, a replica that fails its health
+    check leaves the rotation, websockets (event subscriptions) pass through."""
+    replicas = "".join(
+        f"    server prefect-{n} 127.0.0.1:{ports[f'prefect-{n}']} check inter 1s fall 2 rise 2\n"
+        for n in range(1, API_REPLICAS + 1)
+    )
+    return f"""global
+    log stdout format raw local0
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 90s
+    timeout server 90s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend prefect
+    bind 127.0.0.1:{ports["prefect"]}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /api/health
+{replicas}listen stats
+    bind 127.0.0.1:{ports["balancer-stats"]}
+    stats enable
+    stats uri /
+"""
+
+
 class Stack:
     def __init__(self) -> None:
         self.secrets = load_secrets()
-        self.ports = {name: free_port() for name in ("postgres", "redis", "prefect", "app")}
+        names = ["postgres", "redis", "prefect", "app"]
+        if API_REPLICAS > 1:  # "prefect" is the balancer, each replica has a port of its own
+            names += [f"prefect-{n}" for n in range(1, API_REPLICAS + 1)] + ["balancer-stats"]
+        self.ports = {name: free_port() for name in names}
         self.pgdata = postgres_folder() / "data"
         self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}  # to restart one
         self.postgres_running = False
         self.api_key = secrets.token_urlsafe(24)  # the app's one client (JOBS_API_KEY), per start
 
@@ -143,7 +192,8 @@ class Stack:
     # --- starting and stopping ---------------------------------------------------------
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = (STATE / "logs" / f"{name}.log").open("w")
+        names = [started for started, _ in self.processes]
+        log = (STATE / "logs" / f"{name}.log").open("a" if name in names else "w")
         environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         process = subprocess.Popen(
             argv,
@@ -155,7 +205,11 @@ class Stack:
             start_new_session=True,  # Ctrl+C reaches the stack only: it stops them in order
         )
         log.close()
-        self.processes.append((name, process))
+        if name in names:  # started again: same place in the stop order
+            self.processes[names.index(name)] = (name, process)
+        else:
+            self.processes.append((name, process))
+        self.commands[name] = (argv, env)
         print(f"stack: started {name} (pid {process.pid})", flush=True)
         return process
 
@@ -218,19 +272,27 @@ class Stack:
             subprocess.run([uv, "sync", "--locked", "--project", str(SERVER_ENV)], check=True)
         api = self.client_env("stack")["PREFECT_API_URL"]
         argv = [str(server_python), "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-        server = self.start(
-            "prefect-server",
-            [*argv, "--port", str(self.ports["prefect"])],
-            server_env(self.secrets, self.ports),
-        )
-        wait_for("the Prefect server", lambda: answers(f"{api}/health"), server)
-        print(f"stack: Prefect server ready at {api}", flush=True)
+        if API_REPLICAS == 1:
+            server = self.start(
+                "prefect-server",
+                [*argv, "--port", str(self.ports["prefect"])],
+                server_env(self.secrets, self.ports),
+            )
+            wait_for("the Prefect server", lambda: answers(f"{api}/health"), server)
+            print(f"stack: Prefect server ready at {api}", flush=True)
+            apis = {"": api}  # the task servers' API: the one API process
+        else:
+            apis = self.start_replicas(server_python)
 
-        # The clients: they need only the Prefect server, so they start side by side.
-        task_servers = [
-            self.start(name, [sys.executable, str(HERE / "task_server.py")], self.client_env(name))
-            for name in (f"task-server-{n}" for n in range(1, TASK_SERVERS + 1))
-        ]
+        # The clients: they need only the Prefect server, so they start side by side. Each
+        # task server connects to one API process directly: it is sent the runs queued there.
+        task_servers = []
+        for replica, replica_api in apis.items():
+            for n in range(1, TASK_SERVERS + 1):
+                name = f"task-server{replica}-{n}"
+                env = {**self.client_env(name), "PREFECT_API_URL": replica_api}
+                process = self.start(name, [sys.executable, str(HERE / "task_server.py")], env)
+                task_servers.append((process, replica_api))
         app_url = self.client_env("app")["API_URL"]
         argv = [sys.executable, "-m", "uvicorn", "api:app", "--app-dir", "tutorial/08_fastapi_jobs"]
         argv += ["--host", "127.0.0.1", "--port", str(self.ports["app"])]
@@ -245,18 +307,67 @@ class Stack:
         auth = base64.b64encode(self.secrets["auth_string"].encode()).decode()
         headers = {"Authorization": f"Basic {auth}"}
 
-        def subscribed(pid: int) -> bool:
+        def subscribed(pid: int, api: str) -> bool:
             response = httpx.post(f"{api}/task_workers/filter", json={}, headers=headers)
             return f"{socket.gethostname()}-{pid}" in {w["identifier"] for w in response.json()}
 
-        for task_server in task_servers:
-            wait_for("a task server", lambda pid=task_server.pid: subscribed(pid), task_server)
-        print(f"stack: {TASK_SERVERS} task servers subscribed", flush=True)
+        for task_server, replica_api in task_servers:
+            ready = functools.partial(subscribed, task_server.pid, replica_api)
+            wait_for("a task server", ready, task_server)
+        print(f"stack: {len(task_servers)} task servers subscribed", flush=True)
         wait_for("the app", lambda: answers(f"{app_url}/health"), app)
         print(f"stack: app ready at {app_url}", flush=True)
 
+    def start_replicas(self, server_python: Path) -> dict[str, str]:
+        """API_REPLICAS API processes without the server's services, one process that runs
+        the services, and HAProxy in front of the APIs. Returns each replica's own API URL."""
+        apis = {}
+        for n in range(1, API_REPLICAS + 1):
+            name, port = f"prefect-server-{n}", self.ports[f"prefect-{n}"]
+            argv = [str(server_python), "-m", "prefect", "server", "start", "--no-services"]
+            env = {
+                **server_env(self.secrets, self.ports),
+                "PREFECT_HOME": str(STATE / "homes" / name),
+            }
+            if n > 1:  # the first one creates or migrates the tables, the others wait for it
+                env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
+            apis[f"-{n}"] = f"http://127.0.0.1:{port}/api"
+            self.start(name, [*argv, "--host", "127.0.0.1", "--port", str(port)], env)
+            if n == 1:
+                self.wait_until_answering(name)
+                env = {**env, "PREFECT_HOME": str(STATE / "homes" / "prefect-services")}
+                env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
+                argv = [str(server_python), "-m", "prefect", "server", "services", "start"]
+                self.start("prefect-services", argv, env)
+        for n in range(2, API_REPLICAS + 1):
+            self.wait_until_answering(f"prefect-server-{n}")
+
+        config = STATE / "haproxy.cfg"
+        config.write_text(balancer_config(self.ports))
+        balancer = self.start("haproxy", [haproxy(), "-f", str(config), "-db"], {})
+        api = self.client_env("stack")["PREFECT_API_URL"]
+        wait_for("the balancer", lambda: answers(f"{api}/health"), balancer)
+        print(f"stack: {API_REPLICAS} Prefect API processes ready behind {api}", flush=True)
+        return apis
+
+    def wait_until_answering(self, name: str) -> None:
+        """An API process (prefect-server-N): wait until its health check answers."""
+        process = dict(self.processes)[name]
+        api = f"http://127.0.0.1:{self.ports['prefect-' + name.rsplit('-', 1)[1]]}/api"
+        wait_for(name, lambda: answers(f"{api}/health"), process)
+        print(f"stack: {name} ready at {api}", flush=True)
+
+    def restart(self, name: str) -> None:
+        """Start a process that died again, with the same command and settings; for an API
+        process, wait until it answers (its task servers reconnect on their own)."""
+        argv, env = self.commands[name]
+        self.start(name, argv, env)
+        if name.startswith("prefect-server-"):
+            self.wait_until_answering(name)
+
     def down(self) -> None:
-        # The reverse order: clients first, then the Prefect server, then its data stores.
+        # The reverse order: clients first, then the balancer, then the Prefect server, then
+        # its data stores.
         for name, process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -299,7 +410,13 @@ def main(command: list[str]) -> int:
                 value = f"(in {env_file})"
             print(f"  {key}={value}", flush=True)
         print("stack: Ctrl+C stops it all", flush=True)
-        while all(process.poll() is None for _, process in stack.processes):
+        while True:
+            exited = [name for name, process in stack.processes if process.poll() is not None]
+            if any(not name.startswith("prefect-server-") for name in exited):
+                break
+            for name in exited:  # with API_REPLICAS >= 2: a lost API process is started again
+                print(f"stack: {name} exited; starting it again", flush=True)
+                stack.restart(name)
             time.sleep(1)
         print("stack: a process exited; stopping everything", flush=True)
         return 1

@@ -1,0 +1,253 @@
+"""Step 12 with two Prefect API processes (API_REPLICAS=2): HAProxy in front of them for the
+app, the reconciler and any command; the task servers of each replica connected to it
+directly, so that every replica that queues a run has task servers for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import wait_for
+from test_step_12 import load_stack, processes_naming
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists())
+    or not shutil.which("redis-server")
+    or not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")),
+    reason="needs haproxy, redis-server and PostgreSQL (Debian packages; .ci/run installs them)",
+)
+TEXT = "The new version is faster. It starts in half the time and uses less memory."
+# The reconciler's timing (step 11's recover.py reads them from its environment): a run
+# Scheduled or in flight with no news for 10 s may be lost; a pass every 2 s.
+RECONCILER = {
+    "RECOVER_SCHEDULED_AFTER": "10",
+    "RECOVER_RUNNING_AFTER": "10",
+    "RECOVER_INTERVAL": "2",
+}
+# One run at a time per task server: a burst of jobs leaves runs waiting in each replica's
+# queue, where a killed replica loses them.
+REQUEUED = r"recover - (\S+): re-enqueued \("  # the reconciler's line for each run it puts back
+SETTINGS = {"API_REPLICAS": "2", "TASK_SERVER_LIMIT": "1", **RECONCILER}
+
+
+@pytest.fixture(scope="module")
+def replicas() -> Iterator:
+    """stack.py's Stack with API_REPLICAS=2, started in this process (its services are real
+    processes), so that a test can start a killed replica again (`Stack.restart`)."""
+    state = Path(tempfile.mkdtemp(prefix="prefect-step12-replicas-"))
+    state.chmod(0o755)  # PostgreSQL's user may enter: its database lives in it
+    saved = {name: os.environ.get(name) for name in SETTINGS}
+    os.environ.update(SETTINGS)  # read by stack.py, and passed on to the processes it starts
+    stack = None
+    try:
+        module = load_stack(state)
+        assert module.API_REPLICAS == 2
+        stack = module.Stack()
+        stack.up()
+        yield stack
+    finally:
+        try:
+            if stack is not None:
+                stack.down()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            for pid in processes_naming(str(state)):  # anything a failure left behind
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(state, ignore_errors=True)
+
+
+class Clients:
+    """The app and the Prefect API, both reached as a client would: through the balancer."""
+
+    def __init__(self, stack) -> None:
+        self.stack = stack
+        env = stack.client_env("test")
+        auth = tuple(stack.secrets["auth_string"].split(":", 1))
+        self.prefect = httpx.Client(base_url=env["PREFECT_API_URL"], auth=auth, timeout=30)
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+        self.app = httpx.Client(base_url=env["API_URL"], headers=headers, timeout=30)
+        self.logs = Path(env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]).parent / "logs"
+
+    def post_job(self, n: int) -> str:
+        """POST /jobs; on a 503 (the app could not reach Prefect), again with the same key."""
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        document = {"title": f"Document {n}", "text": TEXT}
+        deadline = time.monotonic() + 120
+        while (
+            response := self.app.post("/jobs", json=document, headers=headers)
+        ).status_code == 503:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(1)
+        assert response.status_code == 202, response.text
+        # A client looks at its job once. (Round robin counts requests: without this read,
+        # the app's two requests per submission sent every submission to the same replica.)
+        self.app.get(response.headers["Location"]).raise_for_status()
+        return response.json()["id"]
+
+    def state(self, run_id: str) -> str | None:
+        """The run's state: its type, and its name where they differ (COMPLETED/Cached)."""
+        state = self.prefect.get(f"/task_runs/{run_id}").raise_for_status().json()["state"]
+        if state is None:
+            return None
+        name = state["name"].upper()
+        return state["type"] if name == state["type"] else f"{state['type']}/{state['name']}"
+
+    def all_completed(self, run_ids: list[str], timeout: float) -> None:
+        def not_completed() -> list[str]:
+            return [run for run in run_ids if not self.state(run).startswith("COMPLETED")]
+
+        wait_for(not_completed, lambda left: not left, timeout=timeout, interval=1)
+
+    def runnings(self, run_id: str) -> int:
+        """How many times the run started: Running states in its history."""
+        states = self.prefect.get("/task_run_states/", params={"task_run_id": run_id}).json()
+        return sum(state["type"] == "RUNNING" for state in states)
+
+    def unfinished(self) -> list[dict]:
+        body = {"task_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}}
+        return self.prefect.post("/task_runs/filter", json=body).raise_for_status().json()
+
+    def posts_by_replica(self) -> Counter:
+        """HAProxy's log: which replica answered each submission."""
+        log = (self.logs / "haproxy.log").read_text()
+        return Counter(re.findall(r" replicas/(prefect-\d) .* 201 .*\"POST /api/task_runs/ ", log))
+
+    def received_by_replica(self) -> Counter:
+        """The task servers' logs: the runs each replica's task servers received."""
+        return Counter(
+            {
+                f"prefect-{n}": sum(
+                    log.read_text().count("Received task run")
+                    for log in self.logs.glob(f"task-server-{n}-*.log")
+                )
+                for n in (1, 2)
+            }
+        )
+
+    def task_servers(self, replica: int) -> int:
+        """The task servers subscribed to one replica, asked directly (a list in its memory)."""
+        port = self.stack.ports[f"prefect-{replica}"]
+        url = f"http://127.0.0.1:{port}/api/task_workers/filter"
+        try:
+            response = httpx.post(url, json={}, auth=self.prefect.auth, timeout=10)
+        except httpx.TransportError:
+            return -1
+        return len(response.json()) if response.is_success else -1
+
+
+def balancer_stats(stack) -> dict[str, dict[str, str]]:
+    """HAProxy's statistics page as CSV: one row per replica, by its name."""
+    csv = httpx.get(f"http://127.0.0.1:{stack.ports['balancer-stats']}/;csv").text
+    header, *rows = csv.lstrip("# ").splitlines()
+    rows = [dict(zip(header.split(","), row.split(","), strict=False)) for row in rows]
+    return {row["svname"]: row for row in rows if row["pxname"] == "replicas"}
+
+
+def test_jobs_through_the_balancer_run_once_on_both_api_processes(replicas):
+    clients = Clients(replicas)
+    # Each replica has its own task servers, connected to it directly.
+    assert (clients.task_servers(1), clients.task_servers(2)) == (2, 2)
+
+    run_ids = [clients.post_job(n) for n in range(12)]
+    clients.all_completed(run_ids, timeout=180)
+
+    # 0 lost, 0 run twice.
+    assert [clients.runnings(run) for run in run_ids] == [1] * len(run_ids)
+    # The balancer sent submissions to both replicas, and each replica's runs went to its own
+    # task servers: the balancer's count per replica is what that replica's task servers got.
+    posts = wait_for(clients.posts_by_replica, lambda c: c.total() == len(run_ids), timeout=30)
+    assert posts["prefect-1"] and posts["prefect-2"], posts
+    assert clients.received_by_replica() == posts
+    stats = balancer_stats(replicas)
+    assert {stats[name]["status"] for name in ("prefect-1", "prefect-2")} == {"UP"}
+    assert all(int(stats[name]["hrsp_2xx"]) > 0 for name in ("prefect-1", "prefect-2")), stats
+    assert clients.unfinished() == []
+    print(f"submissions per replica: {dict(posts)}")
+
+
+def test_a_killed_api_process_strands_nothing(replicas):
+    """SIGKILL replica 2 while jobs flow: the reconciler, through the balancer, puts back the
+    runs that waited in its memory; then replica 2 starts again and takes its share."""
+    clients = Clients(replicas)
+    recover_log = clients.logs / "recover.log"
+    requeued_before = len(re.findall(REQUEUED, recover_log.read_text()))
+
+    # A burst: with one run at a time per task server, most wait in the replicas' queues.
+    burst = [clients.post_job(n) for n in range(24)]
+    server_2 = dict(replicas.processes)["prefect-server-2"]
+    server_2.send_signal(signal.SIGKILL)
+    server_2.wait(timeout=30)
+    killed_at = time.monotonic()
+    at_the_kill = {run: clients.state(run) for run in burst}
+    # Jobs keep coming; the balancer takes replica 2 out of the rotation (health check).
+    after = [clients.post_job(n) for n in range(24, 36)]
+    wait_for(
+        lambda: balancer_stats(replicas)["prefect-2"]["status"],
+        lambda status: status.startswith("DOWN"),
+        timeout=30,
+    )
+
+    clients.all_completed(burst + after, timeout=300)
+    recovered_in = time.monotonic() - killed_at
+    log = recover_log.read_text()
+    requeued = set(re.findall(REQUEUED, log)[requeued_before:])
+    runnings = {run: clients.runnings(run) for run in burst + after}
+    final = {run: clients.state(run) for run in burst + after}
+    print(
+        f"all completed {recovered_in:.0f} s after the kill; at the kill: "
+        f"{dict(Counter(at_the_kill.values()))}; re-enqueued: {len(requeued)};"
+        f" final: {dict(Counter(final.values()))}"
+    )
+    # Replica 2 held runs, and the reconciler put them back through the balancer.
+    assert requeued, log
+    assert requeued <= set(burst)
+    assert all(final[run].startswith("COMPLETED") for run in requeued), final
+    # A run the reconciler did not touch ran once.
+    assert all(runnings[run] == 1 for run in runnings if run not in requeued), runnings
+    assert all(final[run] == "COMPLETED" for run in final if run not in requeued), final
+    # Runs that only waited in replica 2's queue ran once, after the reconciler's re-enqueue.
+    waited = {run for run in requeued if final[run] == "COMPLETED"}
+    assert all(runnings[run] == 1 for run in waited), runnings
+    # Runs that replica 2's task servers were running when it died: they finished them, but
+    # the events that carry a run's states went to replica 2 and were dropped ("EventsWorker
+    # failed to process item"), so the API still said Scheduled and the reconciler put them
+    # back. The second delivery found the result the first one wrote (the task's cache key
+    # is its inputs, its code and the run's id) and ended Cached: the body did not run again.
+    assert {run for run in requeued if final[run] != "COMPLETED"} <= {
+        run for run in requeued if final[run] == "COMPLETED/Cached"
+    }
+
+    # Replica 2 starts again; its task servers reconnect on their own.
+    replicas.restart("prefect-server-2")
+    wait_for(lambda: clients.task_servers(2), lambda n: n == 2, timeout=120)
+    wait_for(
+        lambda: balancer_stats(replicas)["prefect-2"]["status"], lambda s: s == "UP", timeout=30
+    )
+    before = clients.posts_by_replica()
+    again = [clients.post_job(n) for n in range(36, 48)]
+    clients.all_completed(again, timeout=180)
+    assert [clients.runnings(run) for run in again] == [1] * len(again)
+    posts = wait_for(
+        lambda: clients.posts_by_replica() - before, lambda c: c.total() == len(again), timeout=30
+    )
+    assert posts["prefect-1"] and posts["prefect-2"], posts
+    # Nothing stranded: no run left waiting or in flight, through the balancer.
+    wait_for(clients.unfinished, lambda runs: runs == [], timeout=60)
+    final = {run: clients.state(run) for run in again}
+    assert set(final.values()) == {"COMPLETED"}, final
+    print(json.dumps({"after restart": dict(posts)}))
