@@ -138,7 +138,7 @@ def test_only_old_finished_runs_and_the_files_no_newer_run_needs_are_deleted(
     # Cancelled while it waits: Cancelling until a task server takes it (step 15); if none
     # ever does, Cancelling for good.
     end_run(prefect_server, unfinished_id, "CANCELLING")
-    assert prefect_server.state_names(ids([shared_new])[0])[-1] == "Cached"
+    ended_cached(prefect_server, ids([shared_new])[0])
     (shared_file,) = {
         f for f in files_of(prefect_server, ids([shared_old])[0]) if "parameters" not in f.parts
     }
@@ -191,6 +191,16 @@ def test_only_old_finished_runs_and_the_files_no_newer_run_needs_are_deleted(
     httpx.delete(f"{prefect_server.api_url}/task_runs/{unfinished_id}", timeout=30)
 
 
+def ended_cached(prefect_server, run_id: str) -> None:
+    """The run's states, reported as events, reach the API a moment after the run ends."""
+    wait_for(
+        lambda: prefect_server.state_names(run_id),
+        lambda names: names[-1:] == ["Cached"],
+        timeout=60,
+        what=f"run {run_id} to be recorded Cached",
+    )
+
+
 @flow
 def reuse_in_a_flow(x: int) -> str:
     """A flow whose task is a cache hit on a background run's result file."""
@@ -205,7 +215,7 @@ def test_a_result_file_a_run_in_a_flow_shares_is_kept(prefect_server, task_serve
         assert result_of(background, timeout=60) == 2 * x
     (run_id,) = ids([background])
     in_flow = reuse_in_a_flow(x)
-    assert prefect_server.state_names(in_flow)[-1] == "Cached"
+    ended_cached(prefect_server, in_flow)
     (shared,) = files_of(prefect_server, in_flow)
     assert shared in files_of(prefect_server, run_id)
     age(prefect_server.home, [run_id], days=40)
