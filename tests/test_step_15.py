@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from harness import FlakyApi, end_run, step_dir, step_tasks, wait_for
 from prefect import task
+from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from test_step_08 import KEYS, app_env, as_client, poll_job, post_job
 
@@ -263,4 +264,8 @@ def test_the_checkpoint_goes_on_when_the_api_hangs_or_is_down(prefect_server, cl
                 assert cancelled is False, mode
                 assert took < 20, f"the checkpoint took {took:.0f} s while the API was {mode}"
     finally:
+        # A process sends its events through one EventsWorker, bound to the API URL it first
+        # saw: stop it, or later tests in this process would send theirs to the closed proxy
+        # (a run in a flow then never has its states recorded).
+        EventsWorker.drain_all(timeout=30, at_exit=False)
         proxy.close()
