@@ -213,19 +213,24 @@ class PrefectServer:
 
 
 class RunsEndBetweenPages:
-    """A Prefect client whose first `POST /task_runs/filter` is followed, before its answer
-    is returned, by `end(runs_read)`: it lets a test end runs between two pages of a reader
-    that pages through task runs, as a task server does while a status command reads."""
+    """A Prefect client that, once its first `POST /task_runs/filter` has answered and before
+    the answer is returned, ends `count` of the runs `run_ids` that the answer holds: runs
+    ending between two pages of a reader, as a task server ends them while a command reads."""
 
-    def __init__(self, client: Any, end: Callable[[list[dict]], None]) -> None:
-        self.client, self.end, self.pages = client, end, 0
+    def __init__(
+        self, client: Any, server: PrefectServer, run_ids: list[str], count: int = 100
+    ) -> None:
+        self.client, self.server, self.run_ids, self.count = client, server, set(run_ids), count
+        self.pages = 0
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = await self.client.request(method, path, **kwargs)
         if path == "/task_runs/filter":
             self.pages += 1
             if self.pages == 1:
-                self.end(response.json())
+                ours = [run["id"] for run in response.json() if run["id"] in self.run_ids]
+                for run_id in ours[: self.count]:
+                    end_run(self.server, run_id)
         return response
 
 

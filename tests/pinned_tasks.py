@@ -6,6 +6,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS
 
 
+@task
+def unserved(n: int) -> int:
+    """A task no task server serves: its runs wait until a test ends them."""
+    return n
+
+
 @task(cache_policy=INPUTS)
 def double(x: int) -> int:
     return 2 * x

@@ -21,7 +21,7 @@ from harness import (
     wait_for,
     waiting_runs,
 )
-from prefect import task
+from pinned_tasks import unserved
 from prefect.client.orchestration import get_client
 
 from tutorial.runner import wait_until_subscribed
@@ -31,12 +31,6 @@ BACKLOG = 6
 LOOK = re.compile(
     r"^waiting +(\d+), oldest +(-|[\d.]+ s), running (\d+), stuck (\d+), task servers (\d+)$"
 )
-
-
-@task
-def unserved(n: int) -> int:
-    """A task no task server serves: its runs wait until a test ends them."""
-    return n
 
 
 @pytest.fixture
@@ -167,17 +161,13 @@ def test_every_unfinished_run_is_read_while_runs_end_between_pages(prefect_serve
     hundred runs too far on and skip them; read from where the last page ended, none is."""
     module = load_module(STEP / "queue_status.py")
     with waiting_runs(prefect_server, unserved, module.PAGE + 50) as ids:
-        ours = set(ids)
-
-        def end_a_hundred(first_page: list[dict]) -> None:
-            for run in [run for run in first_page if run["id"] in ours][:100]:
-                end_run(prefect_server, run["id"])
 
         async def read():
             async with get_client() as client:
-                return await module.background_runs(RunsEndBetweenPages(client, end_a_hundred))
+                reader = RunsEndBetweenPages(client, prefect_server, ids)
+                return await module.background_runs(reader)
 
-        read_back = {str(run.id) for run in asyncio.run(read())}
+        read_back, ours = {str(run.id) for run in asyncio.run(read())}, set(ids)
         assert read_back >= ours, f"{len(ours - read_back)} of {len(ours)} runs not read"
 
 

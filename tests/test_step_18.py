@@ -20,18 +20,12 @@ from harness import (
     wait_for,
     waiting_runs,
 )
-from prefect import task
+from pinned_tasks import unserved
 from prefect.client.orchestration import get_client
 
 from tutorial.runner import Process, wait_until_subscribed
 
 STEP = step_dir(18)
-
-
-@task
-def unserved(n: int) -> int:
-    """A task no task server serves: its runs wait until a test ends them."""
-    return n
 
 
 def runs_of(prefect_server, task_key: str, since: datetime) -> list[dict]:
@@ -252,15 +246,10 @@ def test_every_run_of_the_key_is_counted_while_runs_end_between_pages(
     next page is read: paged by offset, runs would slip past the page boundary unseen."""
     module = load_module(STEP / "drain.py")
     with waiting_runs(prefect_server, unserved, module.PAGE + 50) as ids:
-        ours = set(ids)
-
-        def end_a_hundred(first_page: list[dict]) -> None:
-            for run in [run for run in first_page if run["id"] in ours][:100]:
-                end_run(prefect_server, run["id"])
 
         async def count():
             async with get_client() as client:
-                reader = RunsEndBetweenPages(client, end_a_hundred)
+                reader = RunsEndBetweenPages(client, prefect_server, ids)
                 return await module.unfinished(reader, unserved.task_key)
 
-        assert asyncio.run(count()).total() == len(ours)
+        assert asyncio.run(count()).total() == len(ids)
