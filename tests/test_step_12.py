@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -328,6 +329,84 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(
     finally:
         for process in (task_server_b, submit, server_b):
             process.stop()
+
+
+# Sends one event on a fresh connection, and keeps the connection open: closing it would
+# make the server publish what it holds.
+EMIT_ONE = """
+import asyncio, sys
+from prefect.events import Event
+from prefect.events.clients import PrefectEventsClient
+
+async def main():
+    async with PrefectEventsClient(sys.argv[1]) as client:
+        await client.emit(Event(event="test.one", resource={"prefect.resource.id": sys.argv[2]}))
+        print("sent", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def seconds_until_in_redis(api: str, clients: dict, redis: list[str], timeout: float) -> float:
+    """Send one event to the API process at `api`; how long until it is in Redis's stream of
+    events, where the task-run recorder reads run states from."""
+    resource = f"test.batching.{os.urandom(8).hex()}"
+    argv = [sys.executable, "-c", EMIT_ONE, api, resource]
+    emitter = Process("emit-one", argv, env=clients, echo=False)
+    try:
+        emitter.wait_for_line("^sent$", timeout=120)
+        sent = time.monotonic()
+
+        def published() -> bool:
+            read = [*redis, "XREVRANGE", "events", "+", "-", "COUNT", "500"]
+            return resource in subprocess.run(read, capture_output=True, text=True).stdout
+
+        wait_for(published, bool, timeout=timeout, interval=0.1)
+        return time.monotonic() - sent
+    finally:
+        emitter.stop()
+
+
+def test_the_server_publishes_each_event_at_once_not_in_batches(running_stack, stack_dir):
+    """prefect-redis's publisher holds the events of a connection until it has 5 of them or
+    10 s have passed. Run states come from events: with that default a job read "running" for
+    up to 8 s after it ended (median 4.7 s over 8 jobs). stack.py sets a batch of 1."""
+    stack, settings = running_stack
+    module = load_stack(stack_dir)
+    secrets = json.loads((stack_dir / "secrets.json").read_text())
+    redis_port = int(re.search(r"^stack: Redis ready on 127.0.0.1:(\d+)$", stack.output, re.M)[1])
+    postgres_port = re.search(r"^stack: PostgreSQL ready on 127.0.0.1:(\d+)$", stack.output, re.M)
+    ports = {"postgres": int(postgres_port[1]), "redis": redis_port}
+    redis = ["redis-cli", "-h", "127.0.0.1", "-p", str(redis_port), "--no-auth-warning"]
+    redis += ["-a", secrets["redis_password"]]
+    clients = clean_env(**{k: v for k, v in settings.items() if k.startswith("PREFECT_")})
+    clients["PREFECT_API_AUTH_STRING"] = secrets["auth_string"]
+
+    # The stack's API process: in Redis within a moment (deadline well under 10 s).
+    at_once = seconds_until_in_redis(settings["PREFECT_API_URL"], clients, redis, timeout=5)
+
+    # A second API process with the same settings but the default batching: the event waits
+    # for the publisher's 10 s timer.
+    port = free_port()
+    env = {
+        **module.server_env(secrets, ports),
+        "PREFECT_HOME": str(stack_dir / "homes" / "server-batching"),
+        "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+    }
+    del env["PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE"]
+    python = str(STEP / "server" / ".venv" / "bin" / "python")
+    argv = [python, "-m", "prefect", "server", "start", "--no-services", "--port", str(port)]
+    batching = Process("server-batching", argv, env=clean_env(**env), echo=False)
+    try:
+        api = f"http://127.0.0.1:{port}/api"
+        wait_until_answering(f"{api}/health", batching, timeout=120)
+        waited = seconds_until_in_redis(api, clients, redis, timeout=30)
+    finally:
+        batching.stop()
+    print(f"one event reached Redis after {at_once:.2f} s (batch of 1), {waited:.2f} s (default)")
+    assert 5 < waited < 15, waited
 
 
 PROBE = """

@@ -123,6 +123,7 @@ def server_env(secrets: dict[str, str], ports: dict[str, int]) -> dict[str, str]
         "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1",
         "PREFECT_REDIS_MESSAGING_PORT": str(p["redis"]),
         "PREFECT_REDIS_MESSAGING_PASSWORD": s["redis_password"],
+        "PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE": "1",  # run states are events: no wait
         "PREFECT_SERVER_DOCKET_URL": f"{redis}/1",
         "PREFECT_SERVER_API_AUTH_STRING": s["auth_string"],
     }
