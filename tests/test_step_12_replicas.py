@@ -118,6 +118,31 @@ class Clients:
         states = self.prefect.get("/task_run_states/", params={"task_run_id": run_id}).json()
         return sum(state["type"] == "RUNNING" for state in states)
 
+    def twice(self, run_ids: list[str]) -> dict[str, list[str]]:
+        """The runs that started more than once, each with its states and the log lines that
+        name it: what a failure needs to tell a double delivery from a re-enqueue."""
+        found = {}
+        for run in run_ids:
+            states = self.prefect.get("/task_run_states/", params={"task_run_id": run}).json()
+            if sum(state["type"] == "RUNNING" for state in states) > 1:
+                body = {"filter": {"resource": {"id": [f"prefect.task-run.{run}"]}}, "limit": 50}
+                events = self.prefect.post("/events/filter", json=body).json()["events"]
+                found[run] = (
+                    [f"state {state['timestamp']} {state['name']}" for state in states]
+                    + [f"event {e['occurred']} in {e['received']} {e['event']}" for e in events]
+                    + [
+                        f"{log.name}: {line}"
+                        for log in sorted(self.logs.glob("*.log"))
+                        for line in log.read_text().splitlines()
+                        if run in line and not log.name.startswith("haproxy")
+                    ]
+                )
+        if found:  # the services' complaints, if any (the task-run recorder writes states)
+            log = (self.logs / "prefect-services.log").read_text().splitlines()
+            complaints = [line for line in log if "ERROR" in line or "WARN" in line]
+            found["prefect-services.log"] = complaints[:40]
+        return found
+
     def unfinished(self) -> list[dict]:
         body = {"task_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}}
         return self.prefect.post("/task_runs/filter", json=body).raise_for_status().json()
@@ -167,7 +192,7 @@ def test_jobs_through_the_balancer_run_once_on_both_api_processes(replicas):
     clients.all_completed(run_ids, timeout=180)
 
     # 0 lost, 0 run twice.
-    assert [clients.runnings(run) for run in run_ids] == [1] * len(run_ids)
+    assert not (twice := clients.twice(run_ids)), json.dumps(twice, indent=1)
     # The balancer sent submissions to both replicas, and each replica's runs went to its own
     # task servers: the balancer's count per replica is what that replica's task servers got.
     posts = wait_for(clients.posts_by_replica, lambda c: c.total() == len(run_ids), timeout=30)
@@ -241,7 +266,7 @@ def test_a_killed_api_process_strands_nothing(replicas):
     before = clients.posts_by_replica()
     again = [clients.post_job(n) for n in range(36, 48)]
     clients.all_completed(again, timeout=180)
-    assert [clients.runnings(run) for run in again] == [1] * len(again)
+    assert not (twice := clients.twice(again)), json.dumps(twice, indent=1)
     posts = wait_for(
         lambda: clients.posts_by_replica() - before, lambda c: c.total() == len(again), timeout=30
     )
