@@ -92,7 +92,7 @@ class Pass:
                 lost += mine
             else:
                 lost += await self.overtaken(key, mine)
-        # In flight with no news: no new state and no heartbeat for --running-after.
+        # In flight, no news for --running-after: no new state (even on its way), no heartbeat.
         for run in runs:
             if not queued(run) and await self.silent(run) and await self.background(run):
                 lost.append(run)
@@ -140,19 +140,28 @@ class Pass:
         return []
 
     async def silent(self, run: TaskRun) -> bool:
-        """No news of an in-flight run for --running-after seconds: no new state, and no
-        heartbeat from a task server running it."""
+        """No news of an in-flight run for --running-after seconds: no new state, no
+        heartbeat from a task server running it, and no later state on its way to the
+        database (states after Pending arrive as events, which can be recorded late)."""
         if self.now - since(run.state) <= self.running_after:
             return False
-        heartbeats = {
-            "occurred": {"since": (self.now - self.running_after).isoformat()},
-            "event": {"name": [HEARTBEAT]},
+        beating = await self.news(run, self.now - self.running_after, name=[HEARTBEAT])
+        later = run.state.timestamp + timedelta(microseconds=1)
+        moved_on = await self.news(run, later, prefix=["prefect.task-run."])
+        return not beating and not moved_on
+
+    async def news(self, run: TaskRun, since: datetime, **names: list[str]) -> bool:
+        """An event about the run since `since`, of the given names (name= or prefix=)."""
+        about = {
+            "occurred": {"since": since.isoformat()},
+            "event": names,
             "resource": {"id": [f"prefect.task-run.{run.id}"]},
         }
-        body = {"filter": heartbeats, "limit": 1}
-        response = await self.client.request("POST", "/events/filter", json=body)
+        response = await self.client.request(
+            "POST", "/events/filter", json={"filter": about, "limit": 1}
+        )
         response.raise_for_status()
-        return not response.json()["events"]
+        return bool(response.json()["events"])
 
 
 # region requeue
