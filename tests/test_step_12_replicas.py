@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -19,7 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 from harness import wait_for
-from test_step_12 import load_stack, processes_naming
+from test_step_12 import (  # noqa: F401 (stack_dir: a fixture)
+    STEP,
+    assert_all_stopped,
+    load_stack,
+    processes_naming,
+    stack_dir,
+    stack_env,
+)
+
+from tutorial.runner import Process
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists())
@@ -39,6 +49,44 @@ RECONCILER = {
 # queue, where a killed replica loses them.
 REQUEUED = r"recover - (\S+): re-enqueued \("  # the reconciler's line for each run it puts back
 SETTINGS = {"API_REPLICAS": "2", "TASK_SERVER_LIMIT": "1", **RECONCILER}
+
+
+def test_the_stack_starts_a_killed_api_process_again(stack_dir):  # noqa: F811
+    """stack.py with no command, as a user keeps it up: an API process that dies is started
+    again and its task servers come back to it; SIGTERM still stops everything. (First in
+    this module: the other tests' stack is up from their first test to the module's end.)"""
+    env = stack_env(stack_dir, API_REPLICAS="2", TASK_SERVERS="1")
+    stack = Process("stack", [sys.executable, str(STEP / "stack.py")], env=env, echo=False)
+    try:
+        stack.wait_for_line(r"^stack: Ctrl\+C stops it all$", timeout=300)
+        started = r"^stack: started prefect-server-2 \(pid (\d+)\)$"
+        (killed,) = re.findall(started, stack.output, re.M)
+        api = re.search(r"^stack: prefect-server-2 ready at (\S+)$", stack.output, re.M)[1]
+        secrets = json.loads((stack_dir / "secrets.json").read_text())
+        auth = tuple(secrets["auth_string"].split(":", 1))
+
+        def task_servers() -> int:
+            try:
+                response = httpx.post(f"{api}/task_workers/filter", json={}, auth=auth, timeout=10)
+            except httpx.TransportError:
+                return -1
+            return len(response.json()) if response.is_success else -1
+
+        assert task_servers() == 1
+        os.kill(int(killed), signal.SIGKILL)
+
+        stack.wait_for_line(r"^stack: prefect-server-2 exited; starting it again$", timeout=30)
+        wait_for(lambda: re.findall(started, stack.output, re.M), lambda p: len(p) == 2)
+        again = re.findall(started, stack.output, re.M)[1]
+        assert again != killed
+        wait_for(lambda: stack.output.count("stack: prefect-server-2 ready at"), lambda n: n == 2)
+        wait_for(task_servers, lambda n: n == 1, timeout=120, what="its task server back")
+        assert stack.running()
+        assert "stopping everything" not in stack.output
+    finally:
+        stack.stop(grace=90)
+    assert "stack: stopped prefect-server-2" in stack.output
+    assert_all_stopped(stack_dir)
 
 
 @pytest.fixture(scope="module")
