@@ -4,6 +4,7 @@ directly, so that every replica that queues a run has task servers for it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -251,6 +252,48 @@ def test_jobs_through_the_balancer_run_once_on_both_api_processes(replicas):
     assert all(int(stats[name]["hrsp_2xx"]) > 0 for name in ("prefect-1", "prefect-2")), stats
     assert clients.unfinished() == []
     print(f"submissions per replica: {dict(posts)}")
+
+
+def test_an_event_subscription_through_the_balancer_hears_both_api_processes(replicas):
+    """A websocket subscription to events (`/events/out`, what `prefect events stream` and
+    automations use) goes through HAProxy to one API process, and hears the runs of both:
+    each task server reports to its own process, and every process streams every event from
+    Redis."""
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    clients = Clients(replicas)
+    before = clients.posts_by_replica()
+
+    async def completed_events_of_new_jobs() -> tuple[list[str], set[str]]:
+        only = EventFilter(event=EventNameFilter(name=["prefect.task-run.Completed"]))
+        heard: set[str] = set()
+        async with get_events_subscriber(filter=only) as subscriber:
+            # Subscribed: now the jobs (each run's id is its job's id).
+            jobs = [await asyncio.to_thread(clients.post_job, n) for n in range(6)]
+            async with asyncio.timeout(180):
+                async for event in subscriber:
+                    heard.add(event.resource.id.removeprefix("prefect.task-run."))
+                    if set(jobs) <= heard:
+                        break
+        return jobs, heard
+
+    settings = {
+        PREFECT_API_URL: str(clients.prefect.base_url).rstrip("/"),
+        PREFECT_API_AUTH_STRING: replicas.secrets["auth_string"],
+    }
+    with temporary_settings(settings):
+        jobs, heard = asyncio.run(completed_events_of_new_jobs())
+
+    assert set(jobs) <= heard
+    # The jobs were queued by both processes: the one subscription heard both.
+    posts = wait_for(
+        lambda: clients.posts_by_replica() - before, lambda c: c.total() == len(jobs), timeout=30
+    )
+    assert posts["prefect-1"] and posts["prefect-2"], posts
+    opened = (clients.logs / "haproxy.log").read_text()
+    assert re.search(r" replicas/prefect-\d .*\"GET /api/events/out ", opened), "not via HAProxy"
 
 
 def test_a_killed_api_process_strands_nothing(replicas):
