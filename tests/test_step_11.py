@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -409,17 +409,15 @@ def test_requeue_leaves_a_run_alone_while_the_server_writes_its_state(own, start
 
 
 def test_a_running_run_whose_next_state_is_not_recorded_yet_is_left_alone(own):
-    """States after Pending reach the database as events, which can be recorded seconds late
-    (up to 10 s on Redis with its default batching; step 12). A run that reads Running with no
-    news for --running-after, but whose next state the server has as an event, is not lost."""
+    """Run states reach the database as events, and the task-run recorder can fall behind the
+    event persister. A run that reads Running with no news for --running-after, but whose next
+    state the server has stored as an event, is not lost."""
     from pinned_tasks import unserved
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Running
 
     recover_py = load_module(STEP / "recover.py", "recover_11")
-    # --running-after 0: any Running run without news counts as lost at once.
-    opts = argparse.Namespace(scheduled_after=120, running_after=0, interval=10, once=True)
 
     async def silent() -> tuple[bool, bool]:
         async with get_client() as client:
@@ -429,29 +427,42 @@ def test_a_running_run_whose_next_state_is_not_recorded_yet_is_left_alone(own):
             ]
             for run in runs:
                 await client.set_task_run_state(run.id, Running(), force=True)
-            completed, quiet = [await client.read_task_run(run.id) for run in runs]
-            # The first one's Completed as an event only: the task-run recorder writes states
-            # from events that say they come from a client, so it leaves this one alone.
-            event = {
-                "id": str(uuid.uuid4()),
-                "occurred": datetime.now(UTC).isoformat(),
-                "event": "prefect.task-run.Completed",
-                "resource": {"prefect.resource.id": f"prefect.task-run.{completed.id}"},
-            }
-            (await client.request("POST", "/events", json=[event])).raise_for_status()
-            resource = {"resource": {"id": [event["resource"]["prefect.resource.id"]]}}
-            wait_for(
-                lambda: own.api("POST", "/events/filter", json={"filter": resource})["events"],
-                timeout=60,
-                what="the event to be stored",
-            )
-            assert own.state_type(str(completed.id)) == "RUNNING"
-            check = recover_py.Pass(client, opts, seen={})
             try:
-                return await check.silent(completed), await check.silent(quiet)
+                return await check_silent(client, *runs)
             finally:
                 for run in runs:
                     await client.delete_task_run(run.id)
+
+    async def check_silent(client, *runs) -> tuple[bool, bool]:
+        completed, quiet = [await client.read_task_run(run.id) for run in runs]
+        # The first one's Completed as an event only, 1 s after its Running: the task-run
+        # recorder writes states from events that say they come from a client, so it leaves
+        # this one alone.
+        occurred = completed.state.timestamp + timedelta(seconds=1)
+        wait_for(lambda: datetime.now(UTC) > occurred, timeout=5)
+        event = {
+            "id": str(uuid.uuid4()),
+            "occurred": occurred.isoformat(),
+            "event": "prefect.task-run.Completed",
+            "resource": {"prefect.resource.id": f"prefect.task-run.{completed.id}"},
+        }
+        (await client.request("POST", "/events", json=[event])).raise_for_status()
+        resource = {"resource": {"id": [event["resource"]["prefect.resource.id"]]}}
+        wait_for(
+            lambda: own.api("POST", "/events/filter", json={"filter": resource})["events"],
+            timeout=60,
+            what="the event to be stored",
+        )
+        assert own.state_type(str(completed.id)) == "RUNNING"
+        # --running-after half-way between the Running state's age and the event's: the
+        # state is older than that, the event newer.
+        now = datetime.now(UTC)
+        running_after = ((now - completed.state.timestamp) + (now - occurred)) / 2
+        opts = argparse.Namespace(
+            scheduled_after=120, running_after=running_after.total_seconds(), interval=10
+        )
+        check = recover_py.Pass(client, opts, seen={})
+        return await check.silent(completed), await check.silent(quiet)
 
     with temporary_settings({PREFECT_API_URL: own.api_url}):
         assert asyncio.run(silent()) == (False, True)

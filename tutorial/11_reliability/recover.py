@@ -141,19 +141,24 @@ class Pass:
 
     async def silent(self, run: TaskRun) -> bool:
         """No news of an in-flight run for --running-after seconds: no new state, no
-        heartbeat from a task server running it, and no later state on its way to the
-        database (states after Pending arrive as events, which can be recorded late)."""
+        heartbeat from a task server running it, and no new state stored as an event that
+        the server has not written to the run yet (run states arrive as events)."""
         if self.now - since(run.state) <= self.running_after:
             return False
-        beating = await self.news(run, self.now - self.running_after, name=[HEARTBEAT])
-        later = run.state.timestamp + timedelta(microseconds=1)
-        moved_on = await self.news(run, later, prefix=["prefect.task-run."])
+        recently = self.now - self.running_after
+        beating = await self.news(run, recently, name=[HEARTBEAT])
+        after_its_state = max(run.state.timestamp + timedelta(microseconds=1), recently)
+        moved_on = await self.news(run, after_its_state, prefix=["prefect.task-run."])
         return not beating and not moved_on
 
     async def news(self, run: TaskRun, since: datetime, **names: list[str]) -> bool:
         """An event about the run since `since`, of the given names (name= or prefix=)."""
         about = {
-            "occurred": {"since": since.isoformat()},
+            # Until a day ahead: a task server's clock may run ahead of the API's.
+            "occurred": {
+                "since": since.isoformat(),
+                "until": (self.now + timedelta(days=1)).isoformat(),
+            },
             "event": names,
             "resource": {"id": [f"prefect.task-run.{run.id}"]},
         }
