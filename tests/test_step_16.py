@@ -100,15 +100,21 @@ def test_a_backlog_builds_with_no_task_server_and_drains_with_one(
         assert printed["oldest_wait_seconds"] >= 3
 
         # A task server (two at a time) drains it.
-        task_server(STEP / "task_server.py")
+        server = task_server(STEP / "task_server.py")
         seen = []
-        drained = wait_for(
-            lambda: seen.append(status(key)) or seen[-1],
-            lambda row: row.waiting == 0 and row.running == 0,
-            timeout=120,
-            interval=0.2,
-            what="the backlog to drain",
-        )
+        workers = prefect_server.api("POST", "/task_workers/filter", json={})
+        try:
+            drained = wait_for(
+                lambda: seen.append(status(key)) or seen[-1],
+                lambda row: row.waiting == 0 and row.running == 0,
+                timeout=120,
+                interval=0.2,
+                what="the backlog to drain",
+            )
+        except AssertionError as failed:
+            # Once, in CI, the task server subscribed and then nothing drained: the keys it
+            # subscribed with and what it printed tell a crash from a task key of its own.
+            raise AssertionError(f"{failed}\nsubscribed: {workers}\n{server.output}") from None
         assert drained.task_servers == 1
         assert {prefect_server.state_type(str(f.task_run_id)) for f in futures} == {"COMPLETED"}
         waiting = [row.waiting for row in seen]
