@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,18 @@ from tutorial.runner import Process, wait_until_answering, wait_until_subscribed
 
 # No Prefect SDK telemetry from the tests or the processes they start (the README explains it).
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut teardowns
+    raise KeyboardInterrupt
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI time limit, `kill`) would end the test process without its teardowns,
+    # leaving the servers and stacks the tests started (their own sessions) running. As an
+    # interrupt, the fixtures' finally blocks stop them.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 # The longest test files start first, so that neither test process is left with one of them

@@ -45,6 +45,7 @@ def processes_naming(text: str) -> list[int]:
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
                 seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+                seen += os.readlink(entry / "cwd").encode()  # Redis names its folder nowhere else
             except OSError:
                 continue
             if text.encode() in seen:
