@@ -597,6 +597,79 @@ def test_compose_runs_the_same_services_with_the_same_settings(tmp_path):
     assert services["task-server"]["deploy"]["replicas"] == 2
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with compose's `!reset` tag: the value of the file underneath is dropped."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def haproxy_sections(config: str) -> dict[str, list[str]]:
+    """An HAProxy configuration as {section header: its lines}, comments left out."""
+    sections: dict[str, list[str]] = {}
+    header = ""
+    for line in config.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            sections[header].append(" ".join(line.split()))
+        else:
+            header = line.strip()
+            sections[header] = []
+    return sections
+
+
+def test_compose_replicas_runs_the_topology_of_api_replicas(tmp_path):
+    """compose.replicas.yaml on top of compose.yaml starts what `API_REPLICAS=2 stack.py`
+    starts, and its haproxy.cfg has the settings of stack.py's balancer."""
+    base = yaml.safe_load((STEP / "compose.yaml").read_text())["services"]
+    text = (STEP / "compose.replicas.yaml").read_text()
+    replicas = yaml.load(text, ComposeLoader)["services"]
+    server = base["prefect-server"]["command"]
+    for name in ("prefect-server", "prefect-server-2"):  # API processes without services
+        assert replicas[name]["command"] == [*server, "--no-services"], name
+        assert "ports" in replicas[name] and replicas[name]["ports"] is None, name
+    assert replicas["prefect-services"]["command"] == [server[0], "server", "services", "start"]
+    for name in ("prefect-server-2", "prefect-services"):  # the first one migrates
+        assert replicas[name]["extends"]["service"] == "prefect-server", name
+        assert replicas[name]["environment"]["PREFECT_API_DATABASE_MIGRATE_ON_START"] == "false"
+    assert "environment" not in replicas["prefect-server"]
+    # Task servers on each API process directly; the other clients through the balancer.
+    assert base["task-server"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert replicas["task-server-2"]["extends"]["service"] == "task-server"
+    assert replicas["task-server-2"]["environment"]["PREFECT_API_URL"] == (
+        "http://prefect-server-2:4200/api"
+    )
+    for name in ("app", "recover"):
+        assert replicas[name]["environment"]["PREFECT_API_URL"] == "http://balancer:4200/api"
+    assert replicas["balancer"]["ports"] == ["127.0.0.1:${PREFECT_PORT:-4200}:4200"]
+
+    module = load_stack(tmp_path)
+    module.API_REPLICAS = 2
+    ports = {"prefect": 1, "prefect-1": 2, "prefect-2": 3, "balancer-stats": 4}
+    stack = haproxy_sections(module.balancer_config(ports))
+    compose = haproxy_sections((STEP / "haproxy.cfg").read_text())
+    # Each has one section of its own: stack.py's statistics page, compose's DNS resolver.
+    assert set(stack) - set(compose) == {"listen stats"}
+    assert set(compose) - set(stack) == {"resolvers compose"}
+    # The containers' addresses are names, looked up again while HAProxy runs.
+    lookup = " resolvers compose init-addr last,libc,none"
+    compose["backend replicas"] = [line.replace(lookup, "") for line in compose["backend replicas"]]
+
+    def without_addresses(lines: list[str]) -> list[str]:
+        return [re.sub(r"^(bind|server \S+) \S+", r"\1", line) for line in lines]
+
+    for header in set(stack) & set(compose):
+        assert without_addresses(stack[header]) == without_addresses(compose[header]), header
+    servers = [
+        line.split()[:3] for line in compose["backend replicas"] if line.startswith("server")
+    ]
+    assert servers == [
+        ["server", "prefect-1", "prefect-server:4200"],
+        ["server", "prefect-2", "prefect-server-2:4200"],
+    ]
+
+
 def test_the_task_key_changes_with_any_change_to_the_code(tmp_path):
     """Why the app and the task servers must deploy the same version: a blank line above
     the function is enough for a new key; the folder the code lives in is not."""

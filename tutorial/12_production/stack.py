@@ -144,9 +144,10 @@ def client_env(secrets: dict[str, str], ports: dict[str, int], name: str) -> dic
 
 def balancer_config(ports: dict[str, int]) -> str:
     """HAProxy in front of the API processes: round robin, a replica that fails its health
-    check leaves the rotation, websockets (event subscriptions) pass through."""
+    check leaves the rotation, websockets (event subscriptions) pass through. (haproxy.cfg
+    has the same settings for compose.replicas.yaml.)"""
     replicas = "".join(
-        f"    server prefect-{n} 127.0.0.1:{ports[f'prefect-{n}']} check inter 1s fall 2 rise 2\n"
+        f"    server prefect-{n} 127.0.0.1:{ports[f'prefect-{n}']}\n"
         for n in range(1, API_REPLICAS + 1)
     )
     return f"""global
@@ -167,6 +168,7 @@ frontend prefect
 backend replicas
     balance roundrobin
     option httpchk GET /api/health
+    default-server check inter 1s fall 2 rise 2
 {replicas}listen stats
     bind 127.0.0.1:{ports["balancer-stats"]}
     stats enable
