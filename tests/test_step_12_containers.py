@@ -13,6 +13,8 @@ of everything its build copies, and built again only when that changes.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -109,6 +111,7 @@ class Images:
     app: str
     postgres: str
     redis: str
+    haproxy: str
 
 
 def build(tag: str, dockerfile: Path, context: Path, tmp: Path, **build_args: str) -> None:
@@ -127,7 +130,14 @@ def build(tag: str, dockerfile: Path, context: Path, tmp: Path, **build_args: st
 
 
 def build_images(tmp: Path) -> Images:
-    """Every image the stack needs, each built only if missing (or its inputs changed)."""
+    """Every image the stacks need, each built only if missing (or its inputs changed); one
+    test process at a time builds, the other waits and then finds the images built."""
+    with open(Path(tempfile.gettempdir()) / "prefect-step12-images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_images(tmp)
+
+
+def _build_images(tmp: Path) -> Images:
     if not image_exists(BASE):
         root = tmp / "debian"
         packages = "--include=python3,python3-venv,ca-certificates"
@@ -155,7 +165,7 @@ def build_images(tmp: Path) -> Images:
         )
 
     stand_ins = {}
-    for name in ("postgres", "redis"):
+    for name in ("postgres", "redis", "haproxy"):
         inputs = sorted(STAND_INS.glob(f"{name}*"))
         stand_ins[name] = f"localhost/{name}-from-debian:{digest(*inputs)}"
         if not image_exists(stand_ins[name]):
@@ -171,13 +181,15 @@ def build_images(tmp: Path) -> Images:
     for name in podman(*old).split():
         if name.startswith("localhost/prefect-background-tasks:step-12-") and name != app:
             podman("rmi", name, check=False)
-    return Images(app, stand_ins["postgres"], stand_ins["redis"])
+    return Images(app, stand_ins["postgres"], stand_ins["redis"], stand_ins["haproxy"])
 
 
 class Stack:
-    """compose.yaml run by podman-compose as a project of its own name."""
+    """compose.yaml (and any file on top of it) run by podman-compose as a project of its
+    own name."""
 
-    def __init__(self, tmp: Path, images: Images) -> None:
+    def __init__(self, tmp: Path, images: Images, files: tuple[str, ...], **extra: str):
+        self.files = files
         self.project = f"step12-{uuid.uuid4().hex[:8]}"
         self.app_url = f"http://127.0.0.1:{free_port()}"
         prefect_port = free_port()
@@ -195,19 +207,24 @@ class Stack:
             "TUTORIAL_IMAGE": images.app,
             "POSTGRES_IMAGE": images.postgres,
             "REDIS_IMAGE": images.redis,
+            "HAPROXY_IMAGE": images.haproxy,
             "APP_PORT": self.app_url.rsplit(":", 1)[1],
             "PREFECT_PORT": str(prefect_port),
             # The reconciler acts within seconds, not minutes, on the runs of a killed replica.
             "RECOVER_SCHEDULED_AFTER": "15",
             "RECOVER_RUNNING_AFTER": "15",
             "RECOVER_INTERVAL": "2",
+            **extra,
         }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         self.env_file.chmod(0o600)
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "podman_compose", "--env-file", str(self.env_file)]
-        argv += ["-p", self.project, "-f", str(STEP / "compose.yaml"), *args]
+        argv += ["-p", self.project]
+        for name in self.files:
+            argv += ["-f", str(STEP / name)]
+        argv += args
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=STEP)
 
     def containers(self, service: str | None = None) -> list[str]:
@@ -251,8 +268,11 @@ class Stack:
         check = [PODMAN, "healthcheck", "run", container]
         return subprocess.run(check, capture_output=True).returncode == 0
 
+    def inspect(self, container: str, template: str) -> str:
+        return podman("inspect", "--format", template, container).strip()
+
     def running(self, container: str) -> bool:
-        return podman("inspect", "--format", "{{.State.Running}}", container).strip() == "true"
+        return self.inspect(container, "{{.State.Running}}") == "true"
 
     def prefect(self, method: str, path: str, auth: bool = True, **kwargs) -> httpx.Response:
         headers = {}
@@ -268,11 +288,16 @@ class Stack:
 
     def received(self, container: str) -> set[str]:
         """The runs a task-server replica took, from its log."""
-        return set(re.findall(r"Received task run: ([0-9a-f-]{36})", self.logs(container)))
+        return set(self.deliveries(container))
+
+    def deliveries(self, container: str) -> list[str]:
+        """Each run a task-server replica was sent, once per delivery, from its log."""
+        return re.findall(r"Received task run: ([0-9a-f-]{36})", self.logs(container))
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+@contextlib.contextmanager
+def compose_up(*files: str, **settings: str) -> Iterator[Stack]:
+    """The images built, the stack up (`up -d`), and on the way out everything removed."""
     tmp = Path(tempfile.mkdtemp(prefix="prefect-step12-containers-"))
     conf = tmp / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
@@ -281,7 +306,7 @@ def stack() -> Iterator[Stack]:
     stack = None
     try:
         images = build_images(tmp)
-        stack = Stack(tmp, images)
+        stack = Stack(tmp, images, files, **settings)
         up = stack.compose("up", "-d")
         assert up.returncode == 0, up.stdout + up.stderr
         yield stack
@@ -296,6 +321,12 @@ def stack() -> Iterator[Stack]:
             else:
                 os.environ["CONTAINERS_CONF"] = saved
             shutil.rmtree(tmp)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with compose_up("compose.yaml") as stack:
+        yield stack
 
 
 @pytest.fixture(autouse=True)
@@ -348,10 +379,7 @@ def test_the_stack_comes_up_healthy(stack: Stack):
             what=f"{container} not healthy",
         )
     # Both replicas subscribed: the API lists each by its container's host name.
-    hostnames = {
-        podman("inspect", "--format", "{{.Config.Hostname}}", c).strip()
-        for c in containers["task-server"]
-    }
+    hostnames = {stack.inspect(c, "{{.Config.Hostname}}") for c in containers["task-server"]}
 
     def subscribed() -> set[str]:
         response = stack.prefect("POST", "/task_workers/filter", json={})
