@@ -263,6 +263,14 @@ runpy.run_path(sys.argv[1], run_name="__main__")
 """
 
 
+def data_store_ports(stack: Process) -> dict[str, int]:
+    """The ports of the stack's PostgreSQL and Redis, as its output announced them."""
+    return {
+        name: int(re.search(rf"^stack: {label} ready on 127.0.0.1:(\d+)$", stack.output, re.M)[1])
+        for name, label in (("postgres", "PostgreSQL"), ("redis", "Redis"))
+    }
+
+
 def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(
     running_stack, stack_dir, tmp_path
 ):
@@ -272,10 +280,7 @@ def test_a_run_is_delivered_only_by_the_api_process_that_queued_it(
     module = load_stack(stack_dir)
     # The stack's secrets and ports, to start a second API process with its settings.
     secrets = json.loads((stack_dir / "secrets.json").read_text())
-    ports = {
-        name: int(re.search(rf"^stack: {label} ready on 127.0.0.1:(\d+)$", stack.output, re.M)[1])
-        for name, label in (("postgres", "PostgreSQL"), ("redis", "Redis"))
-    }
+    ports = data_store_ports(stack)
     port = free_port()
     api_a, api_b = settings["PREFECT_API_URL"], f"http://127.0.0.1:{port}/api"
     env = clean_env(
@@ -376,10 +381,8 @@ def test_the_server_publishes_each_event_at_once_not_in_batches(running_stack, s
     stack, settings = running_stack
     module = load_stack(stack_dir)
     secrets = json.loads((stack_dir / "secrets.json").read_text())
-    redis_port = int(re.search(r"^stack: Redis ready on 127.0.0.1:(\d+)$", stack.output, re.M)[1])
-    postgres_port = re.search(r"^stack: PostgreSQL ready on 127.0.0.1:(\d+)$", stack.output, re.M)
-    ports = {"postgres": int(postgres_port[1]), "redis": redis_port}
-    redis = ["redis-cli", "-h", "127.0.0.1", "-p", str(redis_port), "--no-auth-warning"]
+    ports = data_store_ports(stack)
+    redis = ["redis-cli", "-h", "127.0.0.1", "-p", str(ports["redis"]), "--no-auth-warning"]
     redis += ["-a", secrets["redis_password"]]
     clients = clean_env(**{k: v for k, v in settings.items() if k.startswith("PREFECT_")})
     clients["PREFECT_API_AUTH_STRING"] = secrets["auth_string"]

@@ -5,6 +5,7 @@ directly, so that every replica that queues a run has task servers for it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -52,6 +53,16 @@ REQUEUED = r"recover - (\S+): re-enqueued \("  # the reconciler's line for each 
 SETTINGS = {"API_REPLICAS": "2", "TASK_SERVER_LIMIT": "1", **RECONCILER}
 
 
+def task_servers_of(api: str, auth) -> int:
+    """The task servers subscribed to one API process, asked directly (a list in its
+    memory); -1 while it does not answer."""
+    try:
+        response = httpx.post(f"{api}/task_workers/filter", json={}, auth=auth, timeout=10)
+    except httpx.TransportError:
+        return -1
+    return len(response.json()) if response.is_success else -1
+
+
 def test_the_stack_starts_a_killed_api_process_again(stack_dir):  # noqa: F811
     """stack.py with no command, as a user keeps it up: an API process that dies is started
     again and its task servers come back to it; SIGTERM still stops everything. (First in
@@ -65,14 +76,7 @@ def test_the_stack_starts_a_killed_api_process_again(stack_dir):  # noqa: F811
         api = re.search(r"^stack: prefect-server-2 ready at (\S+)$", stack.output, re.M)[1]
         secrets = json.loads((stack_dir / "secrets.json").read_text())
         auth = tuple(secrets["auth_string"].split(":", 1))
-
-        def task_servers() -> int:
-            try:
-                response = httpx.post(f"{api}/task_workers/filter", json={}, auth=auth, timeout=10)
-            except httpx.TransportError:
-                return -1
-            return len(response.json()) if response.is_success else -1
-
+        task_servers = functools.partial(task_servers_of, api, auth)
         assert task_servers() == 1
         os.kill(int(killed), signal.SIGKILL)
 
@@ -220,14 +224,8 @@ class Clients:
         )
 
     def task_servers(self, replica: int) -> int:
-        """The task servers subscribed to one replica, asked directly (a list in its memory)."""
-        port = self.stack.ports[f"prefect-{replica}"]
-        url = f"http://127.0.0.1:{port}/api/task_workers/filter"
-        try:
-            response = httpx.post(url, json={}, auth=self.prefect.auth, timeout=10)
-        except httpx.TransportError:
-            return -1
-        return len(response.json()) if response.is_success else -1
+        api = f"http://127.0.0.1:{self.stack.ports[f'prefect-{replica}']}/api"
+        return task_servers_of(api, self.prefect.auth)
 
 
 def balancer_stats(stack) -> dict[str, dict[str, str]]:
