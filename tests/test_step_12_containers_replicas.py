@@ -26,6 +26,7 @@ from test_step_12_containers import (
     TEXT,
     Stack,
     compose_up,
+    logs_of_a_failure,  # noqa: F401 (an autouse fixture: each container's log on a failure)
     podman,
     pytestmark,  # noqa: F401 (the same conditions: podman as root, runc, a base image)
 )
@@ -46,15 +47,6 @@ POSTED = re.compile(r" replicas/(prefect-\d) .* 201 .*\"POST /api/task_runs/ ")
 def stack() -> Iterator[Stack]:
     with compose_up("compose.yaml", "compose.replicas.yaml", **SETTINGS) as stack:
         yield stack
-
-
-@pytest.fixture(autouse=True)
-def logs_of_a_failure(request: pytest.FixtureRequest, stack: Stack) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        for container in stack.containers():
-            print(f"--- {container}\n{stack.logs(container)[-3000:]}")
 
 
 def inside(stack: Stack, container: str, path: str) -> list | dict | None:
@@ -169,13 +161,14 @@ def test_the_replicas_stack_comes_up_healthy(stack: Stack):
     print(f"restarts while starting: {restarts}")
 
 
-def test_jobs_through_the_balancer_run_once_on_both_api_processes(stack: Stack):
+def jobs_run_once_on_both(stack: Stack, numbers: range) -> Counter:
+    """Jobs through the app: each run once, both API processes queued some (the balancer's
+    log), and each one's runs went to its own task servers. The runs per API process."""
     before = posts_by_process(stack)
-    runs = [post_job(stack, n) for n in range(12)]
+    runs = [post_job(stack, n) for n in numbers]
     states = final_states(stack, runs, timeout=180)
     assert set(states.values()) == {"COMPLETED/Completed"}, states
     assert all(runnings(stack, run) == 1 for run in runs)
-    # Both API processes queued runs, and each one's runs went to its own task servers.
     posts = wait_for(
         lambda: posts_by_process(stack) - before, lambda c: c.total() == len(runs), timeout=30
     )
@@ -186,6 +179,11 @@ def test_jobs_through_the_balancer_run_once_on_both_api_processes(stack: Stack):
     }
     assert {name: len(taken) for name, taken in by_process.items()} == dict(posts)
     assert sorted(by_process["prefect-1"] + by_process["prefect-2"]) == sorted(runs)
+    return posts
+
+
+def test_jobs_through_the_balancer_run_once_on_both_api_processes(stack: Stack):
+    posts = jobs_run_once_on_both(stack, range(12))
     print(f"runs queued per API process: {dict(posts)}")
 
 
@@ -252,15 +250,7 @@ def test_a_killed_api_process_strands_nothing_and_comes_back(stack: Stack):
         f"{victim} healthy again {healthy:.0f} s after the kill; its task servers back"
         f" {time.monotonic() - killed_at:.0f} s after the kill"
     )
-    before = posts_by_process(stack)
-    again = [post_job(stack, n) for n in range(32, 44)]
-    states = final_states(stack, again, timeout=180)
-    assert set(states.values()) == {"COMPLETED/Completed"}, states
-    assert all(runnings(stack, run) == 1 for run in again)
-    posts = wait_for(
-        lambda: posts_by_process(stack) - before, lambda c: c.total() == len(again), timeout=30
-    )
-    assert posts["prefect-1"] and posts["prefect-2"], posts
+    jobs_run_once_on_both(stack, range(32, 44))
     # Nothing stranded: no run of any test waits or runs still.
     body = {"task_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}}
     unfinished = stack.prefect("POST", "/task_runs/filter", json=body).raise_for_status().json()
