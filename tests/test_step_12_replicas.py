@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import wait_for
+from harness import clean_env, wait_for
 from test_step_12 import (  # noqa: F401 (stack_dir: a fixture)
     STEP,
     assert_all_stopped,
@@ -98,6 +101,46 @@ def test_the_stack_starts_a_killed_api_process_again(stack_dir):  # noqa: F811
         stack.stop(grace=90)
     assert "stack: stopped prefect-server-2" in stack.output
     assert_all_stopped(stack_dir)
+
+
+class Unavailable(http.server.BaseHTTPRequestHandler):
+    """What a balancer answers when no API process is up for a route."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_task_server_answered_503_exits_so_it_connects_to_its_api_process_directly(tmp_path):
+    """Why task servers do not subscribe through the balancer: the subscription tries again
+    after a refused or closed connection only. A 503 (a balancer with no live API process
+    for the route) ends serve() with an error, and the task server exits."""
+    balancer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=balancer.serve_forever, daemon=True).start()
+    try:
+        api = f"http://127.0.0.1:{balancer.server_address[1]}/api"
+        env = clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "home"))
+        done = subprocess.run(
+            [sys.executable, str(STEP / "task_server.py")],
+            cwd=STEP,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        balancer.shutdown()
+        balancer.server_close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "InvalidStatus: server rejected WebSocket connection: HTTP 503" in done.stderr
 
 
 @pytest.fixture(scope="module")
