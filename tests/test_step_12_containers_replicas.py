@@ -49,7 +49,7 @@ def stack() -> Iterator[Stack]:
         yield stack
 
 
-def inside(stack: Stack, container: str, path: str) -> list | dict | None:
+def inside(container: str, path: str) -> list | dict | None:
     """POST {} to an API process's own port, from inside its container: the API processes
     are reached from outside through the balancer only. None while it does not answer."""
     script = (
@@ -68,7 +68,7 @@ def inside(stack: Stack, container: str, path: str) -> list | dict | None:
 def subscribed(stack: Stack, api_process: str) -> set[str] | None:
     """The task servers an API process holds in its memory, by container host name."""
     (container,) = stack.containers(api_process)
-    workers = inside(stack, container, "/task_workers/filter")
+    workers = inside(container, "/task_workers/filter")
     return None if workers is None else {w["identifier"].rsplit("-", 1)[0] for w in workers}
 
 
