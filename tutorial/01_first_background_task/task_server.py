@@ -1,7 +1,9 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import send_welcome_email
 
 if __name__ == "__main__":
-    # Runs until stopped: waits for runs of send_welcome_email and executes them here.
-    serve(send_welcome_email)
+    # Runs until stopped. Not serve(), which can freeze for good (../SURPRISES.md#serve-deadlock).
+    asyncio.run(aserve(send_welcome_email))

@@ -1,6 +1,8 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import build_invoice, charge_card
 
 if __name__ == "__main__":
-    serve(build_invoice, charge_card)
+    asyncio.run(aserve(build_invoice, charge_card))

@@ -1,7 +1,9 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import resize_image
 
 if __name__ == "__main__":
     # At most 3 runs at once in this process, each in a thread of its own.
-    serve(resize_image, limit=3)
+    asyncio.run(aserve(resize_image, limit=3))

@@ -1,7 +1,9 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import resize_image
 
 if __name__ == "__main__":
     # A smaller machine: at most 2 runs at once.
-    serve(resize_image, limit=2)
+    asyncio.run(aserve(resize_image, limit=2))

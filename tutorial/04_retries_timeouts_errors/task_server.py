@@ -1,6 +1,8 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import render_invoice, send_receipt
 
 if __name__ == "__main__":
-    serve(send_receipt, render_invoice)
+    asyncio.run(aserve(send_receipt, render_invoice))

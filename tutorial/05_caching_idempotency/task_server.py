@@ -1,6 +1,8 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import build_report, send_welcome_email
 
 if __name__ == "__main__":
-    serve(build_report, send_welcome_email)
+    asyncio.run(aserve(build_report, send_welcome_email))

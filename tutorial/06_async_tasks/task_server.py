@@ -1,7 +1,9 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import fetch_report
 
 if __name__ == "__main__":
     # Async runs are coroutines on one event loop, not threads: a high limit is cheap.
-    serve(fetch_report, limit=100)
+    asyncio.run(aserve(fetch_report, limit=100))

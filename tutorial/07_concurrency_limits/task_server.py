@@ -1,6 +1,8 @@
+import asyncio
+
 from prefect import get_client
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.task_worker import serve
+from prefect.task_worker import aserve
 
 from tasks import INVENTORY_LIMIT, SMS_RATE_LIMIT, check_stock, send_sms
 
@@ -10,7 +12,6 @@ LIMITS = {
 }
 
 if __name__ == "__main__":
-    # Create the limits, or update them to these values, on every start.
     with get_client(sync_client=True) as client:
         for name, values in LIMITS.items():
             try:
@@ -20,4 +21,4 @@ if __name__ == "__main__":
                 client.upsert_global_concurrency_limit_by_name(name, **values)
 
     # This server alone could run 10 at once; the global limits are what bind.
-    serve(check_stock, send_sms, limit=10)
+    asyncio.run(aserve(check_stock, send_sms, limit=10))

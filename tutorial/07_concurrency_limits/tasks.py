@@ -12,7 +12,6 @@ SMS_RATE_LIMIT = "sms-provider"  # 2 at once, then 1 new message a second
 async def check_stock(sku: str) -> str:
     # The run's own logger: print() with log_prints loses lines when runs overlap (notes).
     log = get_run_logger()
-    # Waits for a free slot, holds it while the block runs, gives it back at the end.
     # strict=True: fail if the limit does not exist, instead of running unlimited.
     async with concurrency(INVENTORY_LIMIT, strict=True):
         log.info(f"checking stock of {sku}")

@@ -1,6 +1,9 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import score_document
 
 if __name__ == "__main__":
-    serve(score_document)
+    # On a loop of its own, not serve(), which can freeze for good (../SURPRISES.md#serve-deadlock).
+    asyncio.run(aserve(score_document))

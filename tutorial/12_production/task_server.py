@@ -1,11 +1,12 @@
+import asyncio
 import os
 
-from prefect.task_worker import serve
+from prefect.task_worker import aserve
 
 from tasks import score_document
 
-# Runs at once on this task server; add task servers (machines) to go beyond it.
 LIMIT = int(os.environ.get("TASK_SERVER_LIMIT", "10"))
 
 if __name__ == "__main__":
-    serve(score_document, limit=LIMIT)
+    # On a loop of its own, not serve(), which can freeze for good (../SURPRISES.md#serve-deadlock).
+    asyncio.run(aserve(score_document, limit=LIMIT))

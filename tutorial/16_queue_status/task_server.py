@@ -1,7 +1,10 @@
-from prefect.task_worker import serve
+import asyncio
+
+from prefect.task_worker import aserve
 
 from tasks import make_thumbnail
 
 if __name__ == "__main__":
     # Two at a time, so that a burst of runs makes a backlog you can watch drain.
-    serve(make_thumbnail, limit=2)
+    # On a loop of its own, not serve(), which can freeze for good (../SURPRISES.md#serve-deadlock).
+    asyncio.run(aserve(make_thumbnail, limit=2))

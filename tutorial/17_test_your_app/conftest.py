@@ -52,7 +52,7 @@ def task_server(prefect_api: str) -> Iterator[subprocess.Popen]:
         wait_until_subscribed(prefect_api, process)
         yield process
     finally:
-        process.terminate()  # serve() stops on SIGTERM
+        process.terminate()  # a run in flight finishes first
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

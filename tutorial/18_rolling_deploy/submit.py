@@ -56,7 +56,7 @@ if __name__ == "__main__":
     # Nothing submits the old key any more: wait until its runs are done, then stop its servers.
     if not asyncio.run(drain(old.task_key, timeout=120)):
         sys.exit("the previous release's runs did not drain: its task servers keep running")
-    old_server.send_signal(signal.SIGTERM)  # serve() dies at once: nothing is in flight now
+    old_server.send_signal(signal.SIGTERM)  # nothing is in flight now: it stops at once
     old_server.wait(timeout=30)
     print("previous release's task server stopped")
 
