@@ -6,8 +6,11 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from harness import PrefectServer, wait_for
+import pytest
+from harness import PrefectServer, end_run, step_dir, step_tasks, wait_for
+from prefect import tags
 
+from tutorial.runner import wait_until_subscribed
 from tutorial.waiting import result_of
 
 HERE = Path(__file__).parent
@@ -90,3 +93,57 @@ def test_a_cancelled_background_run_still_runs_to_completion(
     assert prefect_server.state_names(str(running.task_run_id))[-3:] == [
         *("Running", "Cancelling", "Completed")
     ]
+
+
+# What every lesson's task_server.py ran before it ran aserve on a loop of its own.
+SYNC_SERVE = """from prefect.task_worker import serve
+
+from tasks import send_welcome_email
+
+if __name__ == "__main__":
+    serve(send_welcome_email)
+"""
+
+
+@pytest.mark.parametrize("server", ["serve()", "lesson"])
+def test_serve_freezes_when_a_run_arrives_while_a_tagged_run_starts(
+    prefect_server, client_settings, started, tmp_path, server
+):
+    """serve() runs the task worker on Prefect's global loop. A tagged run's engine thread
+    that creates the concurrency service of its tags holds the lock of all Prefect services and
+    waits for that loop; a run that arrives meanwhile makes the loop emit its Pending event,
+    which waits for the lock. Both wait for ever: the task server runs nothing more. The
+    lessons' task server (aserve on a loop of its own) carries on. The race is made wide
+    (tests/widened_window.py); unwidened it froze 3 of 9 benchmark runs."""
+    step = step_dir(1)
+    script = step / "task_server.py"
+    if server == "serve()":
+        script = tmp_path / "task_server.py"
+        script.write_text(SYNC_SERVE)
+    process = prefect_server.spawn(HERE / "widened_window.py", str(script), PYTHONPATH=str(step))
+    started.append(process)
+    wait_until_subscribed(prefect_server.api_url, process)
+    tag = uuid.uuid4().hex[:6]
+    with step_tasks(step) as tasks:
+        with tags(f"first-{tag}"):
+            first = str(tasks.send_welcome_email.delay(f"first-{tag}@example.com").task_run_id)
+        process.wait_for_line(r"^widened: holding", timeout=120)
+        with tags(f"second-{tag}"):
+            second = str(tasks.send_welcome_email.delay(f"second-{tag}@example.com").task_run_id)
+    runs = [first, second]
+    try:
+        if server == "serve()":
+            process.wait_for_line(r"^watchdog: the global loop has not answered", timeout=120)
+            assert [prefect_server.state_type(run) for run in runs].count("COMPLETED") == 0
+        else:
+            wait_for(
+                lambda: [prefect_server.state_type(run) for run in runs],
+                lambda states: states == ["COMPLETED", "COMPLETED"],
+                timeout=120,
+                what="the lesson's task server did not finish both runs",
+            )
+            assert "watchdog" not in process.output, process.output
+    finally:
+        for run in runs:
+            if prefect_server.state_type(run) != "COMPLETED":
+                end_run(prefect_server, run)
