@@ -16,6 +16,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # Process labels (as benchmarks/run.py starts them) by what they are, for the report.
 ROLES = {
     "prefect-server": "Prefect server",
+    "prefect-services": "Prefect server",  # the services of API processes without them
+    "haproxy": "balancer",
     "postgres": "PostgreSQL",
     "redis": "Redis",
     "submit": "submitter",
@@ -26,9 +28,12 @@ ROLES = {
 
 
 def role(label: str) -> str:
-    """task-server-1, step-08-task-server-2, celery-worker, arq-worker: all workers."""
+    """task-server-1, step-08-task-server-2, celery-worker, arq-worker: all workers;
+    prefect-server-1, prefect-server-2 (API processes): the Prefect server."""
     if label in ROLES:
         return ROLES[label]
+    if label.startswith("prefect-server-"):
+        return ROLES["prefect-server"]
     if "task-server" in label or label.endswith("-worker"):
         return "workers"
     return label

@@ -24,8 +24,14 @@ METRICS = [
     ("API jobs: CPU per job, all processes", "api", "cpu_ms_per_job.total", "ms"),
 ]
 PHASES = {"noop": "no-ops", "pause": "50 ms jobs", "api": "API jobs"}
-ROLES = ["submitter", "HTTP clients", "app", "workers", "Prefect server", "PostgreSQL", "Redis"]
-RATIOS = [("recommended", "naive"), ("prefect", "celery"), ("prefect", "arq")]
+ROLES = [
+    *("submitter", "HTTP clients", "app", "workers", "Prefect server", "balancer"),
+    *("PostgreSQL", "Redis"),
+]
+RATIOS = [
+    *(("recommended", "naive"), ("prefect", "celery"), ("prefect", "arq")),
+    ("replicas-2", "replicas-1"),
+]
 
 
 def value(setup: dict, phase: str, key: str) -> float | None:
@@ -75,6 +81,11 @@ def combine(rounds: list[dict]) -> dict:
         if "prefect_api" in first:
             locked = sum(r["prefect_api"]["sqlite_locked_errors"] for r in runs)
             setup["prefect_api"] = {**first["prefect_api"], "sqlite_locked_errors": locked}
+            if "created_per_api_process" in first["prefect_api"]:
+                per_round = [r.get("prefect_api", {}).get("created_per_api_process") for r in runs]
+                setup["prefect_api"]["created_per_api_process"] = [
+                    sum(counts) for counts in zip(*filter(None, per_round), strict=True)
+                ]
         combined[name] = setup
     return combined
 
@@ -123,6 +134,7 @@ def table(results: dict) -> str:
     ]
     header = ["", *(setups[n]["label"] for n in names)]
     names_in_ratios = {"prefect": "Prefect", "recommended": "rec.", "celery": "Celery"}
+    names_in_ratios |= {"replicas-1": "1 API", "replicas-2": "2 APIs"}
     header += [f"{names_in_ratios.get(a, a)}/{names_in_ratios.get(b, b)}" for a, b in ratios]
     rows = [header]
     for label, phase, key, unit in METRICS:
@@ -154,6 +166,13 @@ def table(results: dict) -> str:
         f" load average {load_start} at the start, {load_end} at the end"
     )
     lines.append(", ".join(f"{k} {v}" for k, v in results["versions"].items()))
+    for name in names:
+        created = setups[name].get("prefect_api", {}).get("created_per_api_process")
+        if created:
+            lines.append(
+                f"{setups[name]['label']}: task runs created (and queued) by each API process,"
+                f" from HAProxy's log: {', '.join(map(str, created))}"
+            )
     for name in names:
         if setups[name]["error"]:
             lines.append(f"{setups[name]['label']} failed: {setups[name]['error']}")
@@ -194,6 +213,7 @@ def chart(results: dict, path: Path) -> None:
     config = results["config"]
     names = list(setups)
     colors = {"naive": "#9aa5b1", "recommended": "#1f6feb", "celery": "#3fa34d", "arq": "#d97706"}
+    colors |= {"replicas-1": "#8250df", "replicas-2": "#bf3989"}
     figure, axes = plt.subplots(4, 4, figsize=(16, 13), constrained_layout=True)
     for ax, (label, phase, key, unit) in zip(axes.flat, METRICS, strict=False):
         label = label.format(n=config["noops"], pauses=config["pauses"], clients=config["clients"])
@@ -217,7 +237,10 @@ def chart(results: dict, path: Path) -> None:
                 fontsize=8,
             )
         ax.margins(x=0.25)
-    for ax in axes.flat[len(METRICS) :]:
+    spare = axes.flat[len(METRICS) :]
+    for ax, phase in zip(spare, ("noop", "api"), strict=False):
+        cpu_by_process(ax, setups, names, phase)
+    for ax in spare[2:]:
         ax.axis("off")
     machine = results["machine"]
     load = " ".join(f"{x:.2f}" for x in results["load_average_start"])
@@ -231,6 +254,22 @@ def chart(results: dict, path: Path) -> None:
     )
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def cpu_by_process(ax, setups: dict, names: list[str], phase: str) -> None:
+    """One phase's CPU per job, each setup's bar split by process role."""
+    labels = [setups[n]["label"] for n in names]
+    left = [0.0] * len(names)
+    for index, role in enumerate(ROLES):
+        widths = [value(setups[n], phase, f"cpu_ms_per_job.{role}") or 0 for n in names]
+        if any(widths):
+            # A role keeps its colour from one chart to the other.
+            ax.barh(labels, widths, left=left, label=role, color=f"C{index}")
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.invert_yaxis()
+    ax.set_title(f"{PHASES[phase]}: CPU per job, by process (ms)", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
 
 
 BEGIN = "<!-- latest results: written by benchmarks/run.py, do not edit -->"

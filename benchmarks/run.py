@@ -1,6 +1,6 @@
 """The cost of offloading, measured: one command, every setup, on this machine.
 
-    uv run python -m benchmarks.run            the full run (5 to 15 minutes on 2 cores)
+    uv run python -m benchmarks.run            the full run (about 8 minutes on 2 cores)
     uv run python -m benchmarks.run --quick    tiny counts, to check that everything works
     uv run python -m benchmarks.run --repeat 3 three rounds: medians, and each ratio's range
 
@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import redis
 
 from benchmarks import cpu, load, report
 from benchmarks.measure import parse
@@ -46,6 +48,9 @@ from tutorial.runner import (
 )
 
 STEP_08 = ROOT / "tutorial" / "08_fastapi_jobs"
+# Step 12's Prefect server environment: Prefect with prefect-redis, a uv project of its own.
+SERVER_PROJECT = ROOT / "tutorial" / "12_production" / "server"
+SERVER_PYTHON = SERVER_PROJECT / ".venv" / "bin" / "python"
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "benchmarks" / "README.md"
 PYTHON = sys.executable
@@ -196,18 +201,27 @@ def start_postgres(processes: Processes, workdir: Path) -> str:
 
 
 def start_prefect_server(
-    processes: Processes, home: Path, database_url: str | None = None
+    processes: Processes,
+    home: Path,
+    database_url: str | None = None,
+    *,
+    label: str = "prefect-server",
+    python: str = PYTHON,
+    settings: dict[str, str] | None = None,
+    services: bool = True,
 ) -> tuple[str, dict[str, str]]:
+    """A Prefect server on a free port; returns its API URL and its clients' environment.
+    `settings` are the server's own; without `services`, it only answers the API."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home))
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
-    argv = [PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--no-ui"]
+    argv = [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--no-ui"] + ([] if services else ["--no-services"])
     # Log each write that SQLite refused ("database is locked"), to count them afterwards.
-    server_env = {**env, "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
-    server = processes.start("prefect-server", argv, server_env)
+    server_env = {**env, "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true", **(settings or {})}
+    server = processes.start(label, argv, server_env)
     deadline = time.monotonic() + START_TIMEOUT
     while not server_is_up(api_url):
         if not server.running() or time.monotonic() > deadline:
@@ -225,6 +239,131 @@ def count_task_runs(api_url: str, state_type: str | None = None) -> int:
     return response.json()
 
 
+def haproxy() -> str | None:
+    """Debian keeps HAProxy in /usr/sbin, which is not on every user's PATH."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+
+
+def server_python() -> str:
+    """Step 12's server environment, made as stack.py makes it when it is missing."""
+    if not SERVER_PYTHON.exists():
+        uv = shutil.which("uv")
+        if uv is None:
+            raise RuntimeError(
+                f"no {SERVER_PYTHON}: run uv sync --locked --project {SERVER_PROJECT}"
+            )
+        subprocess.run([uv, "sync", "--locked", "--project", str(SERVER_PROJECT)], check=True)
+    return str(SERVER_PYTHON)
+
+
+def balancer_config(port: int, api_urls: list[str]) -> str:
+    """Step 12's HAProxy (stack.py, balancer_config): round robin over the API processes, one
+    that fails its health check leaves the rotation; its log names the process of each
+    request."""
+    servers = "".join(
+        f"    server prefect-{n} {urlsplit(url).netloc} check inter 1s fall 2 rise 2\n"
+        for n, url in enumerate(api_urls, 1)
+    )
+    return f"""global
+    log stdout format raw local0
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 90s
+    timeout server 90s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend prefect
+    bind 127.0.0.1:{port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /api/health
+{servers}"""
+
+
+def wait_until_consuming(processes: Processes, redis_url: str, services: Process) -> None:
+    """The services process is ready once the run states' recorder and the event persister
+    read Redis's event stream: each joins a consumer group of its own there."""
+    groups = {"task-run-recorder", "event-persister"}
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while True:
+            try:
+                found = {
+                    g["name"].decode() for g in client.xinfo_groups("events") if g["consumers"]
+                }
+            except redis.ResponseError:  # no stream yet
+                found = set()
+            if groups <= found:
+                return
+            if not services.running() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Prefect services did not start:\n{tail(processes.log(services.label))}"
+                )
+            time.sleep(0.25)
+    finally:
+        client.close()
+
+
+def start_api_processes(
+    processes: Processes, workdir: Path, database_url: str, count: int
+) -> tuple[str, dict[str, str], list[str]]:
+    """Step 12's topology with API_REPLICAS=count (tutorial/12_production/stack.py): Redis,
+    `count` API processes without services, one process for the services, HAProxy in front.
+    Returns the balancer's API URL, the clients' environment and each API process's URL."""
+    broker = urlsplit(start_redis(processes))
+    # stack.py's server_env(), without passwords: loopback only, and thrown away after.
+    settings = {
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_HOST": broker.hostname,
+        "PREFECT_REDIS_MESSAGING_PORT": str(broker.port),
+        # Publish each event at once: batched, a run's states would reach the database
+        # only when 5 or 10 s have passed.
+        "PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE": "1",
+        "PREFECT_SERVER_DOCKET_URL": f"redis://{broker.netloc}/1",
+    }
+    python = server_python()
+
+    def start_api(n: int) -> str:
+        label = f"prefect-server-{n}"
+        api_url, _ = start_prefect_server(
+            processes,
+            workdir / label,
+            label=label,
+            python=python,
+            settings=settings,
+            services=False,
+        )
+        return api_url
+
+    api_urls = [start_api(1)]
+    # The first one created the tables; the others, and the services, only use them.
+    settings["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
+    argv = [python, "-m", "prefect", "server", "services", "start"]
+    home = {"PREFECT_HOME": str(workdir / "prefect-services")}
+    services = processes.start("prefect-services", argv, clean_env(**settings, **home))
+    api_urls += [start_api(n) for n in range(2, count + 1)]
+    port = free_port()
+    config = workdir / "haproxy.cfg"
+    config.write_text(balancer_config(port, api_urls))
+    balancer = processes.start("haproxy", [haproxy(), "-f", str(config), "-db"], clean_env())
+    api_url = f"http://127.0.0.1:{port}/api"
+    wait_until_answering(f"{api_url}/health", balancer, timeout=START_TIMEOUT)
+    wait_until_consuming(processes, broker.geturl(), services)
+    # The clients share one home: the parameters and results files are there.
+    env = clean_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(workdir / "prefect-home"))
+    return api_url, env, api_urls
+
+
 @dataclass
 class PrefectSetup:
     name: str
@@ -235,31 +374,42 @@ class PrefectSetup:
     task_servers: int  # processes; the job slots are shared out between them
     api_task_servers: int  # step 08's task_server.py, started this many times
     api_app: str | None = None  # serve this app instead of step 08's own api.py
+    # 0: one `prefect server start`, services included. 1 or more: step 12's topology with
+    # that many API processes (start_api_processes), the task servers shared out over them.
+    api_processes: int = 0
 
     def run(self, config: Config, processes: Processes, workdir: Path) -> dict:
         database_url = start_postgres(processes, workdir) if self.postgres else None
-        api_url, env = start_prefect_server(processes, workdir / "prefect-home", database_url)
-        limit = max(config.concurrency // self.task_servers, 1)
-        servers = [
-            processes.start(
-                f"task-server-{n}",
-                [PYTHON, "-m", "benchmarks.prefect_task_server", str(limit)],
-                env,
+        if self.api_processes:
+            api_url, env, api_urls = start_api_processes(
+                processes, workdir, database_url, self.api_processes
             )
-            for n in range(1, self.task_servers + 1)
-        ]
-        for server in servers:
-            wait_until_subscribed(api_url, server)
+        else:
+            api_url, env = start_prefect_server(processes, workdir / "prefect-home", database_url)
+            api_urls = [api_url]
+
+        def start_task_servers(label: str, argv: list[str], count: int) -> list[Process]:
+            # Each connected to an API process directly, in turn: a run is queued in the
+            # memory of the API process that created it, and only its own task servers get it.
+            apis = [api_urls[n % len(api_urls)] for n in range(count)]
+            servers = [
+                processes.start(f"{label}-{n}", argv, {**env, "PREFECT_API_URL": api})
+                for n, api in enumerate(apis, 1)
+            ]
+            for server, api in zip(servers, apis, strict=True):
+                wait_until_subscribed(api, server)
+            return servers
+
+        limit = max(config.concurrency // self.task_servers, 1)
+        argv = [PYTHON, "-m", "benchmarks.prefect_task_server", str(limit)]
+        servers = start_task_servers("task-server", argv, self.task_servers)
         result = submit(processes, "benchmarks.submit_prefect", [self.style], env, config)
         for server in servers:
             processes.stop(server)
 
         # Step 08's app and task server, as they are in the tutorial.
-        for n in range(1, self.api_task_servers + 1):
-            server = processes.start(
-                f"step-08-task-server-{n}", [PYTHON, str(STEP_08 / "task_server.py")], env
-            )
-            wait_until_subscribed(api_url, server)
+        argv = [PYTHON, str(STEP_08 / "task_server.py")]
+        start_task_servers("step-08-task-server", argv, self.api_task_servers)
         port = free_port()
         argv = uvicorn_argv(Step(STEP_08), port)
         if self.api_app:
@@ -269,15 +419,29 @@ class PrefectSetup:
         api = processes.start("step-08-api", argv, app_env)
         result["api"] = drive_api(processes, api, port, config)
 
-        server_log = processes.log("prefect-server").read_text(errors="replace")
+        server_logs = "".join(
+            log.read_text(errors="replace") for log in workdir.glob("prefect-server*.log")
+        )
         result["prefect_api"] = {
             "task_runs": count_task_runs(api_url),
             "completed": count_task_runs(api_url, "COMPLETED"),
             "database": "postgresql" if self.postgres else "sqlite",
             # Each one answered 503, and the client retried after a back-off of seconds.
-            "sqlite_locked_errors": len(re.findall(LOCKED, server_log, re.M)),
+            "sqlite_locked_errors": len(re.findall(LOCKED, server_logs, re.M)),
         }
+        if self.api_processes:
+            result["prefect_api"]["created_per_api_process"] = created_per_api_process(
+                processes.log("haproxy"), len(api_urls)
+            )
         return result
+
+
+def created_per_api_process(haproxy_log: Path, count: int) -> list[int]:
+    """How many task runs each API process created (201), and so queued, from HAProxy's log."""
+    created = re.findall(
+        r" replicas/prefect-(\d+) \S+ 201 .*\"POST /api/task_runs/ HTTP", haproxy_log.read_text()
+    )
+    return [created.count(str(n)) for n in range(1, count + 1)]
 
 
 def start_redis(processes: Processes) -> str:
@@ -334,6 +498,27 @@ class ArqSetup:
         return result
 
 
+def replicas_setup(count: int) -> PrefectSetup:
+    """Step 12's topology with `count` API processes. Nothing else differs between counts:
+    the same two task servers (both on the one API process, or one on each), the same slots,
+    submitter and app as the recommended setup."""
+    apis = "1 API process" if count == 1 else f"{count} API processes"
+    return PrefectSetup(
+        name=f"replicas-{count}",
+        label=f"Prefect, {apis}",
+        description=f"step 12's topology: PostgreSQL, Redis, {apis} behind HAProxy and one"
+        " services process; two task servers (limit 5 each) connected to the API processes"
+        " directly; submitting as the recommended setup does, through HAProxy; step 08's app"
+        " submitting in a pool of 2 processes, with two task servers",
+        style="recommended",
+        postgres=True,
+        task_servers=2,
+        api_task_servers=2,
+        api_app="benchmarks.api_prefect_pool:app",
+        api_processes=count,
+    )
+
+
 SETUPS = {
     "naive": PrefectSetup(
         name="naive",
@@ -359,6 +544,8 @@ SETUPS = {
     ),
     "celery": CelerySetup(),
     "arq": ArqSetup(),
+    "replicas-1": replicas_setup(1),
+    "replicas-2": replicas_setup(2),
 }
 
 
@@ -447,6 +634,13 @@ def versions() -> dict:
     found["redis-server"] = next(
         (w.removeprefix("v=") for w in redis_server.stdout.split() if w.startswith("v=")), "?"
     )
+    if SERVER_PYTHON.exists():  # step 12's server environment: the replicas setups' server
+        read = "from importlib.metadata import version; print(version('prefect-redis'))"
+        answer = subprocess.run([SERVER_PYTHON, "-c", read], capture_output=True, text=True)
+        found["prefect-redis"] = answer.stdout.strip() or "?"
+    if balancer := haproxy():
+        words = subprocess.run([balancer, "-v"], capture_output=True, text=True).stdout.split()
+        found["haproxy"] = words[2] if words[:2] == ["HAProxy", "version"] else "?"
     return found
 
 
@@ -496,9 +690,19 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("redis-server") is None:
         say("benchmarks: redis-server is not installed (Debian: apt-get install redis-server)")
         return 2
-    if "recommended" in args.setups.split(",") and not postgres_installed():
+    chosen = [SETUPS[name] for name in args.setups.split(",")]
+    if any(getattr(s, "postgres", False) for s in chosen) and not postgres_installed():
         say("benchmarks: PostgreSQL is not installed (Debian: apt-get install postgresql)")
         return 2
+    if any(getattr(s, "api_processes", 0) for s in chosen):
+        if haproxy() is None:
+            say("benchmarks: HAProxy is not installed (Debian: apt-get install haproxy)")
+            return 2
+        try:
+            server_python()  # made once, before anything is measured
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            say(f"benchmarks: step 12's server environment is missing: {exc}")
+            return 2
     started = datetime.now(UTC)
     results = {
         "started_at": started.isoformat(timespec="seconds"),

@@ -13,7 +13,15 @@ import pytest
 
 from benchmarks import cpu, report
 from benchmarks.measure import percentile
-from benchmarks.run import README, RESULTS, SETUPS, all_done, parse_args, postgres_installed
+from benchmarks.run import (
+    README,
+    RESULTS,
+    SETUPS,
+    all_done,
+    haproxy,
+    parse_args,
+    postgres_installed,
+)
 from tutorial.runner import ROOT
 
 QUICK = {"noop": 10, "pause": 10}
@@ -30,6 +38,8 @@ SERVERS = {
     "recommended": {"Prefect server", "PostgreSQL"},
     "celery": {"Redis"},
     "arq": {"Redis"},
+    "replicas-1": {"Prefect server", "balancer", "PostgreSQL", "Redis"},
+    "replicas-2": {"Prefect server", "balancer", "PostgreSQL", "Redis"},
 }
 
 
@@ -38,6 +48,8 @@ def test_quick_run_completes_every_job_in_every_setup(tmp_path):
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
     if postgres_installed() is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    if haproxy() is None:
+        pytest.skip("HAProxy is not installed (Debian: apt-get install haproxy)")
     out = tmp_path / "results"
     command = [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -45,7 +57,8 @@ def test_quick_run_completes_every_job_in_every_setup(tmp_path):
     assert "jobs completed / submitted" in run.stdout
 
     results = json.loads((out / "latest.json").read_text())
-    assert list(results["setups"]) == list(SETUPS) == ["naive", "recommended", "celery", "arq"]
+    names = ["naive", "recommended", "celery", "arq", "replicas-1", "replicas-2"]
+    assert list(results["setups"]) == list(SETUPS) == names
     assert results["all_completed"] is True
     assert results["table"] in run.stdout
     for name, setup in results["setups"].items():
@@ -64,12 +77,24 @@ def test_quick_run_completes_every_job_in_every_setup(tmp_path):
         assert_cpu_counted(api["cpu_ms_per_job"], roles)
         jobs = sum(QUICK.values()) + CLIENTS
         assert setup["completions"]["expected"] == setup["completions"]["completed"] == jobs
-        if name in ("naive", "recommended"):
+        if name not in ("celery", "arq"):
             # Prefect's own record agrees: every run it holds is Completed.
             counts = setup["prefect_api"]
             assert counts["task_runs"] == counts["completed"] == jobs, (name, counts)
+        if name.startswith("replicas-"):
+            # Each API process created runs, and so queued some for its own task servers.
+            created = setup["prefect_api"]["created_per_api_process"]
+            assert len(created) == int(name.removeprefix("replicas-")), created
+            assert sum(created) == jobs and all(created), created
 
-    assert {"python", "prefect", "celery", "arq", "redis-server"} <= set(results["versions"])
+    # The two replicas setups side by side: a ratio for every row of the table.
+    header, _, *rows = results["table"].split("\n\n")[0].splitlines()
+    assert header.rstrip().endswith("2 APIs/1 API"), header
+    assert all(row.split()[-1].endswith("x") for row in rows[:-1]), rows
+    assert "balancer" in results["table"]
+
+    versions = {"python", "prefect", "celery", "arq", "redis-server", "prefect-redis", "haproxy"}
+    assert versions <= set(results["versions"])
     assert {"cpus", "cpu_model"} <= set(results["machine"])
     assert len(results["load_average_start"]) == len(results["load_average_end"]) == 3
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -118,6 +143,14 @@ def test_cpu_of_a_process_tree_counts_its_children_alive_and_reaped():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_every_process_of_step_12s_topology_has_its_role():
+    for label in ("prefect-server", "prefect-server-1", "prefect-server-2", "prefect-services"):
+        assert cpu.role(label) == "Prefect server", label
+    assert cpu.role("haproxy") == "balancer"
+    assert {cpu.role(label) for label in ("redis", "postgres")} == {"Redis", "PostgreSQL"}
+    assert {"balancer", "Prefect server", "PostgreSQL", "Redis"} <= set(report.ROLES)
 
 
 def test_cpu_per_job_is_what_each_role_spent_between_two_readings():
