@@ -245,6 +245,20 @@ class Clients:
             found["prefect-services.log"] = complaints[:40]
         return found
 
+    def log_sizes(self) -> dict[str, int]:
+        """Where each task server's log ends now: bodies_since() reads what comes after."""
+        return {log.name: log.stat().st_size for log in self.logs.glob("task-server*.log")}
+
+    def bodies_since(self, sizes: dict[str, int]) -> Counter:
+        """How many times each document's body ran to its end since `sizes`: the line that
+        score_document prints, counted in every task server's log (its states may say more)."""
+        bodies = Counter()
+        for log in self.logs.glob("task-server*.log"):
+            with log.open() as text:
+                text.seek(sizes.get(log.name, 0))
+                bodies.update(re.findall(r"Scored 'Document (\d+)'", text.read()))
+        return bodies
+
     def unfinished(self) -> list[dict]:
         body = {"task_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}}
         return self.prefect.post("/task_runs/filter", json=body).raise_for_status().json()
@@ -352,6 +366,7 @@ def test_a_killed_api_process_strands_nothing(replicas):
     recover_log = clients.logs / "recover.log"
     requeued_before = len(re.findall(REQUEUED, recover_log.read_text()))
 
+    sizes = clients.log_sizes()
     # A burst: with one run at a time per task server, most wait in the replicas' queues.
     burst = [clients.post_job(n) for n in range(24)]
     server_2 = dict(replicas.processes)["prefect-server-2"]
@@ -396,6 +411,14 @@ def test_a_killed_api_process_strands_nothing(replicas):
     assert {run for run in requeued if final[run] != "COMPLETED"} <= {
         run for run in requeued if final[run] == "COMPLETED/Cached"
     }
+    # 0 lost, 0 run twice: every job's body ran to its end exactly once.
+    bodies = wait_for(
+        lambda: clients.bodies_since(sizes),
+        lambda bodies: bodies.total() >= 36,
+        timeout=30,
+        what="the task servers' logs do not show every job's body",
+    )
+    assert bodies == Counter({str(n): 1 for n in range(36)}), bodies
 
     # Replica 2 starts again; its task servers reconnect on their own.
     replicas.restart("prefect-server-2")
@@ -407,6 +430,8 @@ def test_a_killed_api_process_strands_nothing(replicas):
     again = [clients.post_job(n) for n in range(36, 48)]
     clients.all_completed(again, timeout=180)
     assert not (twice := clients.twice(again)), json.dumps(twice, indent=1)
+    bodies = wait_for(lambda: clients.bodies_since(sizes), lambda b: b.total() >= 48, timeout=30)
+    assert bodies == Counter({str(n): 1 for n in range(48)}), bodies
     posts = wait_for(
         lambda: clients.posts_by_replica() - before, lambda c: c.total() == len(again), timeout=30
     )
