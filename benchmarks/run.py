@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -50,6 +51,7 @@ from tutorial.runner import (
 STEP_08 = ROOT / "tutorial" / "08_fastapi_jobs"
 # Step 12's Prefect server environment: Prefect with prefect-redis, a uv project of its own.
 SERVER_PROJECT = ROOT / "tutorial" / "12_production" / "server"
+STACK = ROOT / "tutorial" / "12_production" / "stack.py"
 SERVER_PYTHON = SERVER_PROJECT / ".venv" / "bin" / "python"
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "benchmarks" / "README.md"
@@ -257,32 +259,14 @@ def server_python() -> str:
 
 
 def balancer_config(port: int, api_urls: list[str]) -> str:
-    """Step 12's HAProxy (stack.py, balancer_config): round robin over the API processes, one
-    that fails its health check leaves the rotation; its log names the process of each
-    request."""
-    servers = "".join(
-        f"    server prefect-{n} {urlsplit(url).netloc} check inter 1s fall 2 rise 2\n"
-        for n, url in enumerate(api_urls, 1)
-    )
-    return f"""global
-    log stdout format raw local0
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 5s
-    timeout client 90s
-    timeout server 90s
-    timeout tunnel 1h
-    retries 3
-    option redispatch
-frontend prefect
-    bind 127.0.0.1:{port}
-    default_backend replicas
-backend replicas
-    balance roundrobin
-    option httpchk GET /api/health
-{servers}"""
+    """Step 12's HAProxy, from stack.py itself: round robin over the API processes, one that
+    fails its health check leaves the rotation; its log names the process of each request."""
+    spec = importlib.util.spec_from_file_location("stack", STACK)
+    stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stack)
+    ports = {"prefect": port, "balancer-stats": free_port()}
+    ports |= {f"prefect-{n}": urlsplit(url).port for n, url in enumerate(api_urls, 1)}
+    return stack.balancer_config(ports)
 
 
 def wait_until_consuming(processes: Processes, redis_url: str, services: Process) -> None:

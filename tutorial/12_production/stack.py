@@ -147,8 +147,9 @@ def balancer_config(ports: dict[str, int]) -> str:
     check leaves the rotation, websockets (event subscriptions) pass through. (haproxy.cfg
     has the same settings for compose.replicas.yaml.)"""
     replicas = "".join(
-        f"    server prefect-{n} 127.0.0.1:{ports[f'prefect-{n}']}\n"
-        for n in range(1, API_REPLICAS + 1)
+        f"    server {name} 127.0.0.1:{port}\n"
+        for name, port in ports.items()
+        if name.startswith("prefect-") and name.removeprefix("prefect-").isdigit()
     )
     return f"""global
     log stdout format raw local0
