@@ -26,7 +26,7 @@ from harness import UUID, clean_env, load_module, step_dir, wait_for
 from tutorial.runner import ROOT, Process, free_port, wait_until_answering
 
 STEP = step_dir(12)
-JOBS = 6  # enough that both task servers take some
+JOBS = 6
 
 
 def load_stack(state: Path):
@@ -136,13 +136,13 @@ def test_one_command_runs_jobs_through_the_app_on_two_task_servers(private_repo)
     # The runner started no Prefect server of its own: the stack brought one.
     assert not any("Starting a local Prefect server" in line for line in out)
 
-    # Both task servers took jobs, and each job ran once.
+    # Each job went to one task server, once. Which one is timing (step 03's NOTES): a run
+    # goes to whichever subscription polls the queue first, so one may take them all.
     received = [
         (stack_dir / "logs" / f"task-server-{n}.log").read_text().count("Received task run")
         for n in (1, 2)
     ]
-    assert all(received), received
-    assert sum(received) == JOBS
+    assert sum(received) == JOBS, received
     # Stopped in order, PostgreSQL last, and nothing left running.
     stops = [x for x in out if re.match(r"\[stack\] stack: (stopped|PostgreSQL stopped)", x)]
     assert stops[-1] == "[stack] stack: PostgreSQL stopped"
