@@ -157,11 +157,12 @@ def test_a_task_key_set_by_hand_is_received_and_dropped(prefect_server, started,
     assert f"Received task run: {run_id}" in server.output
     # Dropped, never run: the task server asks the API to delete such a run
     # (tasks.scheduling.delete_failed_submissions); the server's recorder may write it
-    # back from its Scheduled event, so it is either gone or still only Scheduled.
+    # back from its Scheduled event, so it is either gone or still only Scheduled; read while
+    # the delete commits, it may be found with no state yet. Never Pending, never Running.
     found = httpx.get(f"{prefect_server.api_url}/task_runs/{run_id}", timeout=30)
     assert found.status_code in (200, 404)
     if found.status_code == 200:
-        assert prefect_server.state_names(run_id) == ["Scheduled"]
+        assert prefect_server.state_names(run_id) in ([], ["Scheduled"])
     # with_options() builds a new task from the function: the key is the hash again.
     copy = previous.make_thumbnail.with_options(persist_result=True)
     assert re.fullmatch(r"make_thumbnail-[0-9a-f]{8}", copy.task_key)

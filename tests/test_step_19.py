@@ -343,7 +343,9 @@ def test_prefects_vacuum_deletes_old_flow_runs_but_not_old_background_runs(tmp_p
                 from pinned_tasks import shout
 
                 background = shout.delay("old background run", 0)
-                background.result(timeout=60)
+                # Not .result(): it fails at once on a run caught with no state yet
+                # (tutorial/SURPRISES.md); result_of polls the state, bounded.
+                result_of(background, timeout=60)
                 flow_run_id = str(a_flow(return_state=True).state_details.flow_run_id)
             run_id = str(background.task_run_id)
             # Logs reach the server in batches: both runs' lines are in before they age.
