@@ -97,6 +97,10 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
+# What Prefect's client sends again (prefect/client/base.py, `retry_codes`).
+RETRY_CODES = {429, 502, 503}
+
+
 @dataclass
 class PrefectServer:
     api_url: str
@@ -126,8 +130,21 @@ class PrefectServer:
         finally:
             process.stop()
 
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call to the API, sent again on 429, 502 and 503 as Prefect's own client does.
+        The server answers 503 when SQLite is busy (`is_client_retryable_exception` in
+        prefect/server/api/server.py); the transaction was rolled back, so sending it again
+        is safe, and `prefect deployment run` or a task server would have retried it."""
+        delay, deadline = 0.5, time.monotonic() + 60
+        while True:
+            response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+            if response.status_code not in RETRY_CODES or time.monotonic() + delay > deadline:
+                return response
+            time.sleep(delay)
+            delay = min(delay * 2, 8)
+
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        response = self.request(method, path, **kwargs)
         response.raise_for_status()
         return response.json()
 

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
 import pytest
 from harness import UUID, step_dir, step_tasks, wait_for
 
@@ -128,7 +127,7 @@ def test_a_submitter_with_other_storage_loses_its_run(prefect_server, task_serve
     # record is back, Pending while it is gone.
     shown = re.search(r"^  future.state now reads (\w+)$", submit.output, re.M).group(1)
     assert shown in {"Scheduled", "Pending"}
-    response = httpx.get(f"{prefect_server.api_url}/task_runs/{run_id}", timeout=30)
+    response = prefect_server.request("GET", f"/task_runs/{run_id}")
     if error.group(1) == "TimeoutError":
         assert shown == "Scheduled"
         assert response.json()["state"]["name"] == "Scheduled"
