@@ -6,7 +6,6 @@ import shutil
 import sys
 from datetime import datetime
 
-import httpx
 from harness import UUID, most_at_once, step_dir, wait_for
 
 from tutorial.runner import Process, wait_until_subscribed
@@ -112,10 +111,10 @@ def test_the_checks_fail_without_the_limits():
 
 def set_limit(prefect_server, name, limit):
     """Create the global concurrency limit `name`, or change it, behind the step's back."""
-    url = f"{prefect_server.api_url}/v2/concurrency_limits/"
-    response = httpx.patch(f"{url}{name}", json={"limit": limit}, timeout=30)
+    path = "/v2/concurrency_limits/"
+    response = prefect_server.request("PATCH", f"{path}{name}", json={"limit": limit})
     if response.status_code == 404:
-        response = httpx.post(url, json={"name": name, "limit": limit}, timeout=30)
+        response = prefect_server.request("POST", path, json={"name": name, "limit": limit})
     response.raise_for_status()
 
 
@@ -188,7 +187,7 @@ def test_two_task_servers_starting_together_both_create_the_limits(
     answers 409, and the task server must still start."""
     for round_ in range(ROUNDS):
         for name in LIMIT_NAMES:
-            httpx.delete(f"{prefect_server.api_url}/v2/concurrency_limits/{name}", timeout=30)
+            prefect_server.request("DELETE", f"/v2/concurrency_limits/{name}")
         go = tmp_path / f"go-{round_}"
         argv = [sys.executable, "-c", AT_THE_SIGNAL, str(go), str(STEP / "task_server.py")]
         servers = [

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from harness import (
     SERVER_START_TIMEOUT,
@@ -206,7 +205,7 @@ def test_a_run_that_outlasts_the_grace_period_is_left_running(
     wait_for(lambda: state(prefect_server, run_id) == "RUNNING", timeout=30, what=run_id)
     assert not (tmp_path / "ledger.db").exists()  # the charge never happened
     # Stranded for good: delete it, so that no reconciler on this server charges it later.
-    httpx.delete(f"{prefect_server.api_url}/task_runs/{run_id}", timeout=30).raise_for_status()
+    prefect_server.request("DELETE", f"/task_runs/{run_id}").raise_for_status()
 
 
 # --- what Prefect does not recover by itself, and what recover.py does -----------------
@@ -283,7 +282,7 @@ def test_runs_nobody_serves_are_reported_not_requeued(own, started, tmp_path):
     assert f"no task server serves {key} right now: 1 runs left as they are" in (reconciler.output)
     assert run_id not in reconciler.output
     assert history(own, run_id) == ["Scheduled"]
-    httpx.delete(f"{own.api_url}/task_runs/{run_id}", timeout=30).raise_for_status()
+    own.request("DELETE", f"/task_runs/{run_id}").raise_for_status()
 
 
 def deliveries(server: PrefectServer, run_id: str) -> int:
@@ -380,7 +379,7 @@ def test_a_task_called_in_the_foreground_is_never_requeued(own, started, tmp_pat
 
     assert run_id not in reconciler.output
     assert history(own, run_id) == ["Pending", "Running"]
-    httpx.delete(f"{own.api_url}/task_runs/{run_id}", timeout=30).raise_for_status()
+    own.request("DELETE", f"/task_runs/{run_id}").raise_for_status()
 
 
 def test_requeue_leaves_a_run_alone_while_the_server_writes_its_state(own, started, tmp_path):

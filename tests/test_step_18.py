@@ -10,7 +10,6 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 
-import httpx
 from harness import (
     RunsEndBetweenPages,
     clean_env,
@@ -159,7 +158,7 @@ def test_a_task_key_set_by_hand_is_received_and_dropped(prefect_server, started,
     # (tasks.scheduling.delete_failed_submissions); the server's recorder may write it
     # back from its Scheduled event, so it is either gone or still only Scheduled; read while
     # the delete commits, it may be found with no state yet. Never Pending, never Running.
-    found = httpx.get(f"{prefect_server.api_url}/task_runs/{run_id}", timeout=30)
+    found = prefect_server.request("GET", f"/task_runs/{run_id}")
     assert found.status_code in (200, 404)
     if found.status_code == 200:
         assert prefect_server.state_names(run_id) in ([], ["Scheduled"])

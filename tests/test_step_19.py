@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
-import httpx
 import pytest
 from harness import PrefectServer, end_run, load_module, step_dir, step_tasks, wait_for
 from pinned_tasks import double
@@ -40,7 +39,7 @@ def runs_tagged(prefect_server, tag: str) -> list[dict]:
 
 
 def exists(prefect_server, run_id: str) -> bool:
-    response = httpx.get(f"{prefect_server.api_url}/task_runs/{run_id}", timeout=30)
+    response = prefect_server.request("GET", f"/task_runs/{run_id}")
     assert response.status_code in (200, 404), response.text
     return response.status_code == 200
 
@@ -188,7 +187,7 @@ def test_only_old_finished_runs_and_the_files_no_newer_run_needs_are_deleted(
     assert prefect_server.state_type(unfinished_id) == "CANCELLING"
     assert unfinished_files[0].is_file()
     assert prefect_server.result(ids([shared_new])[0]) == 2 * x
-    httpx.delete(f"{prefect_server.api_url}/task_runs/{unfinished_id}", timeout=30)
+    prefect_server.request("DELETE", f"/task_runs/{unfinished_id}")
 
 
 def ended_cached(prefect_server, run_id: str) -> None:
@@ -301,7 +300,7 @@ def test_a_pass_that_stops_halfway_or_overlaps_another_orphans_no_file(
     assert not any(f.exists() for f in files[gone[0]])
 
     async def deleted_by_another_clean_up(client, task_run_id):
-        httpx.delete(f"{prefect_server.api_url}/task_runs/{task_run_id}", timeout=30)
+        prefect_server.request("DELETE", f"/task_runs/{task_run_id}")
         await delete(client, task_run_id)  # 404
 
     monkeypatch.setattr(PrefectClient, "delete_task_run", deleted_by_another_clean_up)
@@ -364,7 +363,7 @@ def test_prefects_vacuum_deletes_old_flow_runs_but_not_old_background_runs(tmp_p
                 )
 
         def flow_run_status() -> int:
-            return httpx.get(f"{server.api_url}/flow_runs/{flow_run_id}", timeout=30).status_code
+            return server.request("GET", f"/flow_runs/{flow_run_id}").status_code
 
         wait_for(
             flow_run_status,
