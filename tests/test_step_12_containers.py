@@ -42,6 +42,7 @@ BASE = "localhost/debian-py:bookworm"  # Debian's python3 (3.11, as python:3.11-
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 JOBS = 10
 TEXT = "The new version is faster. It starts in half the time and uses less memory."
+LONG_TEXT = "It is faster. It starts sooner. It uses less memory. It fails less. Users like it."
 
 pytestmark = [
     pytest.mark.skipif(PODMAN is None, reason="podman is not installed (.ci/run installs it)"),
@@ -339,11 +340,13 @@ def logs_of_a_failure(request: pytest.FixtureRequest, stack: Stack) -> Iterator[
             print(f"--- {container}\n{stack.logs(container)[-3000:]}")
 
 
-def post_job(stack: Stack, title: str, headers: dict | None = None) -> httpx.Response:
+def post_job(
+    stack: Stack, title: str, headers: dict | None = None, text: str = TEXT
+) -> httpx.Response:
     auth = {"Authorization": f"Bearer {stack.api_key}"} if headers is None else headers
     return httpx.post(
         f"{stack.app_url}/jobs",
-        json={"title": title, "text": TEXT},
+        json={"title": title, "text": text},
         headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
         timeout=30,
     )
@@ -435,7 +438,8 @@ def test_submit_py_runs_against_the_stack(stack: Stack):
 def test_the_reconciler_recovers_the_runs_of_a_killed_replica(stack: Stack):
     victim = stack.containers("task-server")[0]
     before = stack.received(victim)
-    responses = [post_job(stack, f"Batch {n}") for n in range(3 * JOBS)]
+    # 5 s jobs (1 s a sentence), so a run seen in flight is still in flight when the kill lands.
+    responses = [post_job(stack, f"Batch {n}", text=LONG_TEXT) for n in range(3 * JOBS)]
     assert {r.status_code for r in responses} == {202}
     locations = [r.headers["Location"] for r in responses]
     ids = [location.rsplit("/", 1)[1] for location in locations]

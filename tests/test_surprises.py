@@ -31,15 +31,16 @@ def test_log_prints_loses_the_prints_of_a_run_that_outlives_another(
 
     tag = uuid.uuid4().hex[:6]
     task_server(HERE / "pinned_task_server.py", TASKS="shout")
-    short = shout.delay(f"short-{tag}", 3)
+    short = shout.delay(f"short-{tag}", 8)
     # The long run starts second (two runs delivered together may start in either
-    # order), while the short one runs, and ends after it.
+    # order), while the short one runs, and ends after it. 8 s leaves a busy machine
+    # time to deliver and start the long one before the short one ends.
     wait_for(
         lambda: prefect_server.state_type(str(short.task_run_id)),
-        lambda state: state in ("RUNNING", "COMPLETED"),
-        what="the short run never started",
+        lambda state: state == "RUNNING",
+        what="the short run running",
     )
-    long = shout.delay(f"long-{tag}", 6)
+    long = shout.delay(f"long-{tag}", 12)
     result_of(short, timeout=120)
     result_of(long, timeout=120)
     short_run = prefect_server.task_run(str(short.task_run_id))
