@@ -4,8 +4,10 @@ tutorial/SURPRISES.md). Each test fails the day Prefect changes the behaviour.""
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from harness import PrefectServer, end_run, step_dir, step_tasks, wait_for
 from prefect import tags
@@ -148,3 +150,41 @@ def test_serve_freezes_when_a_run_arrives_while_a_tagged_run_starts(
         for run in runs:
             if prefect_server.state_type(run) != "COMPLETED":
                 end_run(prefect_server, run)
+
+
+def test_sqlite_answers_writes_at_the_same_moment_with_503_and_keeps_none_of_them(tmp_path):
+    """Task runs created 16 at a time on a server of its own: SQLite takes one write at a time,
+    the others fail "database is locked" and are answered 503 after a rollback. So a 503 wrote
+    nothing, and sending it again (as Prefect's client does) creates each run exactly once."""
+    tag = uuid.uuid4().hex
+
+    def body() -> dict:
+        return {
+            "name": "burst",
+            "task_key": f"burst-{tag}",
+            "dynamic_key": str(uuid.uuid4()),
+            "state": {"type": "SCHEDULED"},
+            "tags": [tag],
+        }
+
+    def count(server: PrefectServer) -> int:
+        return server.api("POST", "/task_runs/count", json={"task_runs": {"tags": {"all_": [tag]}}})
+
+    with PrefectServer.start(tmp_path) as server:
+        url = f"{server.api_url}/task_runs/"
+        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(16) as pool:
+            sent: list[tuple[dict, int]] = []
+            # A busy machine may serialise a round by chance: a few rounds, until a 503.
+            for _ in range(10):
+                bodies = [body() for _ in range(16)]
+                codes = pool.map(lambda b: client.post(url, json=b).status_code, bodies)
+                sent += zip(bodies, codes, strict=True)
+                if any(code == 503 for _, code in sent):
+                    break
+        assert {code for _, code in sent} == {201, 503}, [code for _, code in sent]
+        assert count(server) == sum(code == 201 for _, code in sent)
+
+        for b, code in sent:
+            if code == 503:
+                assert server.request("POST", "/task_runs/", json=b).status_code == 201
+        assert count(server) == len(sent)
