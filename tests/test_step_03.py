@@ -152,14 +152,21 @@ def test_a_busy_task_server_keeps_runs_an_idle_one_could_take(
 
 SPAN_TASKS = """\
 import time
+from pathlib import Path
 
 from prefect import task
 
 
 @task
-def span(i: int) -> tuple[float, float]:
+def span(i: int, started_dir: str, threads: int) -> tuple[float, float]:
     started = time.time()
-    time.sleep(3)
+    (Path(started_dir) / str(i)).touch()
+    # Held until as many runs have started as the pool has threads (60 s at most), however
+    # slowly a busy machine starts them: with that cap they all run at once; without it,
+    # the runs beyond it join them.
+    while len(list(Path(started_dir).iterdir())) < threads and time.time() - started < 60:
+        time.sleep(0.05)
+    time.sleep(1)
     return started, time.time()
 """
 UNLIMITED_SERVER = """\
@@ -188,7 +195,12 @@ def test_limit_none_still_caps_sync_tasks_at_the_thread_pool_size(
     settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}
     # Queued before the task server starts, so that all of them arrive at once.
     with temporary_settings(settings):
-        run_ids = [str(span_tasks.span.delay(i).task_run_id) for i in range(pool_size + 2)]
+        started_dir = tmp_path / "started"
+        started_dir.mkdir()
+        run_ids = [
+            str(span_tasks.span.delay(i, str(started_dir), pool_size).task_run_id)
+            for i in range(pool_size + 2)
+        ]
 
     task_server(tmp_path / "unlimited_server.py")
 
