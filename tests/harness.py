@@ -134,7 +134,8 @@ class PrefectServer:
         """One call to the API, sent again on 429, 502 and 503 as Prefect's own client does.
         The server answers 503 when SQLite is busy (`is_client_retryable_exception` in
         prefect/server/api/server.py); the transaction was rolled back, so sending it again
-        is safe, and `prefect deployment run` or a task server would have retried it."""
+        is safe (tests/test_surprises.py pins both), and `prefect deployment run` or a task
+        server would have retried it."""
         delay, deadline = 0.5, time.monotonic() + 60
         while True:
             response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
